@@ -1,0 +1,400 @@
+//! LLaDA's semi-autoregressive block decoding, one sequence at a time or batched.
+//!
+//! A [`DiffusionSequence`] is a state machine: it says which block it is decoding, and
+//! [`DiffusionSequence::commit`] takes the model's proposals for that block and commits
+//! this step's share of them. [`step_batch`] runs one forward pass for any number of
+//! sequences (padded to one grid), which is what the server's scheduler will call
+//! every iteration; [`generate`] loops it for a single sequence.
+
+use std::ops::Range;
+
+use candle_core::Tensor;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use serde::Serialize;
+
+use super::confidence::{propose, Proposal};
+use super::{transfer_schedule, DecodeError, DiffusionParams};
+use crate::models::{Batch, DiffusionLm, SpecialTokens};
+
+/// Why an answer ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FinishReason {
+    /// An end-of-sequence token was generated.
+    Stop,
+    /// The answer filled `max_tokens`.
+    Length,
+}
+
+impl FinishReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Stop => "stop",
+            Self::Length => "length",
+        }
+    }
+}
+
+/// The decoded answer of a finished (or stopped) sequence.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Answer {
+    /// Answer tokens up to (not including) the first end-of-sequence token.
+    pub token_ids: Vec<u32>,
+    /// The whole answer region as decoded, masks included where nothing committed.
+    pub raw_ids: Vec<u32>,
+    pub finish_reason: FinishReason,
+    pub forward_passes: usize,
+    pub steps: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct DiffusionSequence {
+    tokens: Vec<u32>,
+    prompt_len: usize,
+    params: DiffusionParams,
+    mask_id: u32,
+    eos_ids: Vec<u32>,
+    block: usize,
+    step_in_block: usize,
+    schedule: Vec<usize>,
+    rng: ChaCha8Rng,
+    forward_passes: usize,
+    steps: usize,
+    finished: bool,
+}
+
+impl DiffusionSequence {
+    /// Validates `params` and lays out `prompt` followed by `gen_length` masks.
+    pub fn new(
+        prompt: &[u32],
+        params: DiffusionParams,
+        special: &SpecialTokens,
+        max_context: usize,
+    ) -> Result<Self, DecodeError> {
+        params.validate(prompt.len(), max_context)?;
+        let seed = params.seed.unwrap_or_else(rand::random);
+        let mut tokens = Vec::with_capacity(prompt.len() + params.gen_length);
+        tokens.extend_from_slice(prompt);
+        tokens.resize(prompt.len() + params.gen_length, special.mask_id);
+        let mut seq = Self {
+            tokens,
+            prompt_len: prompt.len(),
+            mask_id: special.mask_id,
+            eos_ids: special.eos_ids.clone(),
+            block: 0,
+            step_in_block: 0,
+            schedule: Vec::new(),
+            rng: ChaCha8Rng::seed_from_u64(seed),
+            forward_passes: 0,
+            steps: 0,
+            finished: false,
+            params,
+        };
+        seq.start_block();
+        Ok(seq)
+    }
+
+    /// Prompt and answer region as they stand (masks where nothing is committed yet).
+    pub fn tokens(&self) -> &[u32] {
+        &self.tokens
+    }
+
+    pub fn prompt_len(&self) -> usize {
+        self.prompt_len
+    }
+
+    pub fn is_finished(&self) -> bool {
+        self.finished
+    }
+
+    pub fn params(&self) -> &DiffusionParams {
+        &self.params
+    }
+
+    /// Positions (indices into [`Self::tokens`]) of the block being decoded.
+    pub fn block_range(&self) -> Range<usize> {
+        let start = self.prompt_len + self.block * self.params.block_length;
+        start..start + self.params.block_length
+    }
+
+    fn start_block(&mut self) {
+        let masked = self.tokens[self.block_range()]
+            .iter()
+            .filter(|&&t| t == self.mask_id)
+            .count();
+        let steps_per_block = self.params.steps / self.params.num_blocks();
+        self.schedule = transfer_schedule(masked, steps_per_block);
+        self.step_in_block = 0;
+    }
+
+    /// Commits this step's share of `logits` (`[block_length, V]`, the current block's
+    /// rows) and advances to the next step, block, or the end.
+    pub fn commit(&mut self, logits: &Tensor) -> Result<(), DecodeError> {
+        if self.finished {
+            return Ok(());
+        }
+        let proposals = propose(
+            logits,
+            self.params.temperature,
+            self.params.remasking,
+            &mut self.rng,
+        )?;
+        self.commit_proposals(&proposals);
+        Ok(())
+    }
+
+    /// The host-side half of [`Self::commit`]: pick the `k` most confident masked
+    /// positions of the block (ties go to the leftmost) and write their tokens.
+    pub fn commit_proposals(&mut self, proposals: &[Proposal]) {
+        let range = self.block_range();
+        let mut masked: Vec<usize> = range
+            .clone()
+            .filter(|&p| self.tokens[p] == self.mask_id)
+            .collect();
+        masked.sort_by(|&a, &b| {
+            let (ca, cb) = (
+                proposals[a - range.start].confidence,
+                proposals[b - range.start].confidence,
+            );
+            cb.total_cmp(&ca).then(a.cmp(&b))
+        });
+        let k = self.schedule.get(self.step_in_block).copied().unwrap_or(0);
+        for &pos in masked.iter().take(k) {
+            self.tokens[pos] = proposals[pos - range.start].token;
+        }
+        self.forward_passes += 1;
+        self.steps += 1;
+        self.step_in_block += 1;
+        if self.params.stop_at_eos && self.answer_is_settled() {
+            self.finished = true;
+        } else if self.step_in_block >= self.schedule.len() {
+            self.block += 1;
+            if self.block >= self.params.num_blocks() {
+                self.finished = true;
+            } else {
+                self.start_block();
+            }
+        }
+    }
+
+    /// True once an end-of-sequence token is committed with no mask before it.
+    fn answer_is_settled(&self) -> bool {
+        for &t in &self.tokens[self.prompt_len..] {
+            if t == self.mask_id {
+                return false;
+            }
+            if self.eos_ids.contains(&t) {
+                return true;
+            }
+        }
+        false
+    }
+
+    pub fn answer(&self) -> Answer {
+        let raw_ids = self.tokens[self.prompt_len..].to_vec();
+        let end = raw_ids.iter().position(|t| self.eos_ids.contains(t));
+        let token_ids = raw_ids[..end.unwrap_or(raw_ids.len())]
+            .iter()
+            .copied()
+            .filter(|&t| t != self.mask_id)
+            .collect();
+        Answer {
+            token_ids,
+            raw_ids,
+            finish_reason: if end.is_some() {
+                FinishReason::Stop
+            } else {
+                FinishReason::Length
+            },
+            forward_passes: self.forward_passes,
+            steps: self.steps,
+        }
+    }
+}
+
+/// One denoising step for every unfinished sequence in `seqs`, in one forward pass.
+///
+/// Rows are left-padded to one grid; the LM head runs only on the columns spanned by
+/// the sequences' current blocks.
+pub fn step_batch(
+    model: &dyn DiffusionLm,
+    seqs: &mut [&mut DiffusionSequence],
+    pad_id: u32,
+) -> Result<(), DecodeError> {
+    let active: Vec<usize> = (0..seqs.len())
+        .filter(|&i| !seqs[i].is_finished())
+        .collect();
+    if active.is_empty() {
+        return Ok(());
+    }
+    let rows: Vec<&[u32]> = active.iter().map(|&i| seqs[i].tokens()).collect();
+    let batch = Batch::left_padded(&rows, pad_id, model.device(), model.dtype())?;
+    // Each row's block, in grid columns (shifted right by the row's padding).
+    let columns: Vec<Range<usize>> = active
+        .iter()
+        .zip(&batch.pad_lengths)
+        .map(|(&i, &pad)| {
+            let r = seqs[i].block_range();
+            r.start + pad..r.end + pad
+        })
+        .collect();
+    let window = columns
+        .iter()
+        .cloned()
+        .reduce(|a, b| a.start.min(b.start)..a.end.max(b.end))
+        .unwrap_or(0..batch.width());
+    let logits = model.forward(&batch, Some(window.clone()))?;
+    for (row, (&i, cols)) in active.iter().zip(&columns).enumerate() {
+        let block_logits = logits
+            .get(row)?
+            .narrow(0, cols.start - window.start, cols.len())?;
+        seqs[i].commit(&block_logits)?;
+    }
+    Ok(())
+}
+
+/// Decodes one sequence to the end.
+pub fn generate(
+    model: &dyn DiffusionLm,
+    seq: &mut DiffusionSequence,
+    pad_id: u32,
+) -> Result<Answer, DecodeError> {
+    while !seq.is_finished() {
+        step_batch(model, &mut [&mut *seq], pad_id)?;
+    }
+    Ok(seq.answer())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MASK: u32 = 99;
+    const EOS: u32 = 98;
+
+    fn special() -> SpecialTokens {
+        SpecialTokens {
+            mask_id: MASK,
+            eos_ids: vec![EOS],
+            pad_id: EOS,
+        }
+    }
+
+    fn seq(gen: usize, block: usize, steps: usize, stop_at_eos: bool) -> DiffusionSequence {
+        let params = DiffusionParams {
+            block_length: block,
+            steps,
+            stop_at_eos,
+            ..DiffusionParams::with_defaults(gen)
+        };
+        DiffusionSequence::new(&[1, 2], params, &special(), 100).unwrap()
+    }
+
+    fn proposals(tokens: &[u32], confidence: &[f32]) -> Vec<Proposal> {
+        tokens
+            .iter()
+            .zip(confidence)
+            .map(|(&token, &confidence)| Proposal { token, confidence })
+            .collect()
+    }
+
+    #[test]
+    fn commits_the_most_confident_masked_positions_block_by_block() {
+        // 8 tokens, blocks of 4, 4 steps: 2 steps per block, 2 tokens per step.
+        let mut s = seq(8, 4, 4, false);
+        assert_eq!(s.block_range(), 2..6);
+        s.commit_proposals(&proposals(&[10, 11, 12, 13], &[0.1, 0.9, 0.5, 0.8]));
+        assert_eq!(
+            s.tokens(),
+            &[1, 2, MASK, 11, MASK, 13, MASK, MASK, MASK, MASK]
+        );
+        // Committed positions are never re-proposed, whatever their new confidence.
+        s.commit_proposals(&proposals(&[20, 21, 22, 23], &[0.2, 1.0, 0.3, 1.0]));
+        assert_eq!(s.tokens()[2..6], [20, 11, 22, 13]);
+        assert_eq!(
+            s.block_range(),
+            6..10,
+            "the next block starts after the steps of this one"
+        );
+        s.commit_proposals(&proposals(&[30, 31, 32, 33], &[0.5, 0.5, 0.5, 0.5]));
+        assert_eq!(
+            s.tokens()[6..10],
+            [30, 31, MASK, MASK],
+            "ties go to the leftmost"
+        );
+        assert!(!s.is_finished());
+        s.commit_proposals(&proposals(&[40, 41, 42, 43], &[0.0; 4]));
+        assert!(s.is_finished());
+        let answer = s.answer();
+        assert_eq!(answer.token_ids, vec![20, 11, 22, 13, 30, 31, 42, 43]);
+        assert_eq!(answer.finish_reason, FinishReason::Length);
+        assert_eq!((answer.forward_passes, answer.steps), (4, 4));
+    }
+
+    #[test]
+    fn uneven_steps_commit_the_remainder_first() {
+        let mut s = seq(8, 8, 3, false);
+        let counts: Vec<usize> = (0..3)
+            .map(|step| {
+                let before = s.tokens().iter().filter(|&&t| t == MASK).count();
+                s.commit_proposals(&proposals(&[step; 8], &[0.5; 8]));
+                before - s.tokens().iter().filter(|&&t| t == MASK).count()
+            })
+            .collect();
+        assert_eq!(counts, vec![3, 3, 2]);
+        assert!(s.is_finished());
+    }
+
+    #[test]
+    fn eos_truncates_the_answer_and_can_stop_early() {
+        let block = |s: &mut DiffusionSequence, toks: [u32; 4]| {
+            s.commit_proposals(&proposals(&toks, &[0.9, 0.8, 0.7, 0.6]))
+        };
+        // Without early stop every block runs; the answer still ends at EOS.
+        let mut full = seq(8, 4, 2, false);
+        block(&mut full, [5, EOS, 7, 7]);
+        assert!(!full.is_finished());
+        block(&mut full, [8, 8, 8, 8]);
+        let answer = full.answer();
+        assert_eq!(answer.token_ids, vec![5]);
+        assert_eq!(answer.finish_reason, FinishReason::Stop);
+        assert_eq!(answer.forward_passes, 2);
+
+        let mut early = seq(8, 4, 2, true);
+        block(&mut early, [5, EOS, 7, 7]);
+        assert!(
+            early.is_finished(),
+            "EOS with nothing masked before it settles the answer"
+        );
+        assert_eq!(early.answer().token_ids, vec![5]);
+        assert_eq!(early.answer().forward_passes, 1);
+    }
+
+    #[test]
+    fn eos_after_a_mask_does_not_stop() {
+        // 4 tokens in one block of 2 steps: commit EOS at position 1 while 0 is masked.
+        let mut s = seq(4, 4, 2, true);
+        s.commit_proposals(&proposals(&[5, EOS, 6, 7], &[0.1, 0.9, 0.8, 0.2]));
+        assert!(!s.is_finished());
+        s.commit_proposals(&proposals(&[5, 0, 0, 7], &[0.9, 0.0, 0.0, 0.1]));
+        assert!(s.is_finished());
+        assert_eq!(s.answer().token_ids, vec![5]);
+    }
+
+    #[test]
+    fn invalid_parameters_are_rejected_before_decoding() {
+        let params = DiffusionParams {
+            block_length: 3,
+            ..DiffusionParams::with_defaults(8)
+        };
+        let err = DiffusionSequence::new(&[1], params, &special(), 100).unwrap_err();
+        assert!(matches!(
+            err,
+            DecodeError::InvalidParam {
+                param: "block_length",
+                ..
+            }
+        ));
+    }
+}

@@ -1,0 +1,121 @@
+//! One call from a prompt to text: tokenize (optionally through the chat template),
+//! decode, detokenize, and report what it cost. The CLI's `generate` uses it today; the
+//! server's engine reuses its pieces per request.
+
+use std::path::Path;
+use std::time::Instant;
+
+use candle_core::Device;
+use serde::Serialize;
+
+use crate::decoding::{self, DecodeError, DiffusionParams, DiffusionSequence, FinishReason};
+use crate::models::{self, DTypeChoice, LoadedModel, ModelError};
+use crate::tokenizer::{ChatMessage, TextTokenizer, TokenizerError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum GenerationError {
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    #[error(transparent)]
+    Tokenizer(#[from] TokenizerError),
+    #[error(transparent)]
+    Decode(#[from] DecodeError),
+}
+
+/// What to generate from.
+#[derive(Debug, Clone)]
+pub enum Prompt {
+    Text(String),
+    /// Rendered with the model's chat template, assistant header appended.
+    Chat(Vec<ChatMessage>),
+    TokenIds(Vec<u32>),
+}
+
+/// The `--json` output of `dfastllm generate`.
+#[derive(Debug, Clone, Serialize)]
+pub struct GenerationOutput {
+    pub text: String,
+    /// Answer tokens only, up to the end-of-sequence token.
+    pub token_ids: Vec<u32>,
+    pub prompt_token_ids: Vec<u32>,
+    pub forward_passes: usize,
+    pub steps: usize,
+    pub finish_reason: FinishReason,
+    pub elapsed_ms: f64,
+}
+
+/// A loaded model with its tokenizer.
+#[derive(Debug)]
+pub struct Generator {
+    pub model: LoadedModel,
+    pub tokenizer: TextTokenizer,
+}
+
+impl Generator {
+    pub fn load(dir: &Path, device: &Device, dtype: DTypeChoice) -> Result<Self, GenerationError> {
+        let mut model = models::load(dir, device, dtype)?;
+        let tokenizer = TextTokenizer::load(dir)?;
+        // A chat answer ends at the template's end-of-turn token as well as at EOS.
+        for id in tokenizer.end_of_turn_ids() {
+            if !model.special.eos_ids.contains(&id) && id != model.special.mask_id {
+                model.special.eos_ids.push(id);
+            }
+        }
+        Ok(Self { model, tokenizer })
+    }
+
+    pub fn prompt_ids(&self, prompt: &Prompt) -> Result<Vec<u32>, GenerationError> {
+        Ok(match prompt {
+            Prompt::Text(text) => self.tokenizer.encode(text)?,
+            Prompt::Chat(messages) => {
+                let text = self.tokenizer.apply_chat_template(messages, true)?;
+                self.tokenizer.encode(&text)?
+            }
+            Prompt::TokenIds(ids) => ids.clone(),
+        })
+    }
+
+    /// Checks token ids against the model's vocabulary before they reach an embedding.
+    fn check_ids(&self, ids: &[u32]) -> Result<(), GenerationError> {
+        let vocab = self.model.model.vocab_size();
+        if let Some(bad) = ids.iter().find(|&&id| id as usize >= vocab) {
+            return Err(DecodeError::InvalidParam {
+                param: "prompt",
+                message: format!("token id {bad} is outside the model's vocabulary of {vocab}"),
+            }
+            .into());
+        }
+        Ok(())
+    }
+
+    pub fn generate(
+        &self,
+        prompt: &Prompt,
+        params: DiffusionParams,
+    ) -> Result<GenerationOutput, GenerationError> {
+        let prompt_ids = self.prompt_ids(prompt)?;
+        self.check_ids(&prompt_ids)?;
+        let start = Instant::now();
+        let mut seq = DiffusionSequence::new(
+            &prompt_ids,
+            params,
+            &self.model.special,
+            self.model.model.max_context(),
+        )?;
+        let answer = decoding::generate(
+            self.model.model.as_ref(),
+            &mut seq,
+            self.model.special.pad_id,
+        )?;
+        let text = self.tokenizer.decode(&answer.token_ids)?;
+        Ok(GenerationOutput {
+            text,
+            token_ids: answer.token_ids,
+            prompt_token_ids: prompt_ids,
+            forward_passes: answer.forward_passes,
+            steps: answer.steps,
+            finish_reason: answer.finish_reason,
+            elapsed_ms: start.elapsed().as_secs_f64() * 1000.0,
+        })
+    }
+}

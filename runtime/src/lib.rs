@@ -1,0 +1,13 @@
+//! The dfastllm runtime as a library: everything the `dfastllm` binary does, so that
+//! tests and benchmarks drive the same code paths as the CLI and (later) the server.
+//!
+//! Data flows `tokenizer` -> `decoding` (which owns the sampling loop) -> `models`
+//! (forward passes only) and back; `generation` ties them into one call, and `demo`
+//! writes tiny random checkpoints in the real upstream layouts for tests and demos.
+
+pub mod decoding;
+pub mod demo;
+pub mod device;
+pub mod generation;
+pub mod models;
+pub mod tokenizer;

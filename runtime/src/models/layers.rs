@@ -1,0 +1,248 @@
+//! Transformer pieces shared by the LLaMA-family diffusion models (LLaDA, Dream).
+//!
+//! The model files load weights under their own checkpoint names and assemble these
+//! parts; the parts know nothing about names. Attention here is bidirectional: the
+//! only mask is the padding bias carried by [`Batch`].
+
+use candle_core::{DType, Device, Module, Result, Tensor};
+use candle_nn::{Embedding, Linear, RmsNorm};
+
+use super::Batch;
+
+/// Precomputed rotate-half RoPE tables (`[max_positions, head_dim / 2]`).
+#[derive(Debug, Clone)]
+pub struct RotaryTable {
+    cos: Tensor,
+    sin: Tensor,
+}
+
+impl RotaryTable {
+    pub fn new(
+        head_dim: usize,
+        max_positions: usize,
+        theta: f64,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Self> {
+        let half = head_dim / 2;
+        let inv_freq: Vec<f32> = (0..half)
+            .map(|i| (1.0 / theta.powf(2.0 * i as f64 / head_dim as f64)) as f32)
+            .collect();
+        let inv_freq = Tensor::from_vec(inv_freq, (1, half), device)?;
+        let t = Tensor::arange(0u32, max_positions as u32, device)?
+            .to_dtype(DType::F32)?
+            .reshape((max_positions, 1))?;
+        let freqs = t.matmul(&inv_freq)?;
+        Ok(Self {
+            cos: freqs.cos()?.to_dtype(dtype)?,
+            sin: freqs.sin()?.to_dtype(dtype)?,
+        })
+    }
+
+    /// `(cos, sin)` of shape `[B, T, head_dim / 2]` for a batch's positions.
+    pub fn for_positions(&self, positions: &Tensor) -> Result<(Tensor, Tensor)> {
+        let (b, t) = positions.dims2()?;
+        let flat = positions.flatten_all()?;
+        let half = self.cos.dim(1)?;
+        let max = self.cos.dim(0)?;
+        let furthest = flat.max(0)?.to_scalar::<u32>()? as usize;
+        if furthest >= max {
+            candle_core::bail!("position {furthest} is beyond the model's context of {max} tokens")
+        }
+        let cos = self.cos.index_select(&flat, 0)?.reshape((b, t, half))?;
+        let sin = self.sin.index_select(&flat, 0)?.reshape((b, t, half))?;
+        Ok((cos, sin))
+    }
+}
+
+/// Multi-head attention with grouped key/value heads, no causal mask.
+#[derive(Debug, Clone)]
+pub struct Attention {
+    pub q: Linear,
+    pub k: Linear,
+    pub v: Linear,
+    pub o: Linear,
+    pub n_heads: usize,
+    pub n_kv_heads: usize,
+    pub head_dim: usize,
+}
+
+impl Attention {
+    fn forward(
+        &self,
+        x: &Tensor,
+        cos: &Tensor,
+        sin: &Tensor,
+        bias: Option<&Tensor>,
+    ) -> Result<Tensor> {
+        let (b, t, _) = x.dims3()?;
+        let heads = |proj: &Linear, n: usize| -> Result<Tensor> {
+            proj.forward(x)?
+                .reshape((b, t, n, self.head_dim))?
+                .transpose(1, 2)?
+                .contiguous()
+        };
+        let q = candle_nn::rotary_emb::rope(&heads(&self.q, self.n_heads)?, cos, sin)?;
+        let k = candle_nn::rotary_emb::rope(&heads(&self.k, self.n_kv_heads)?, cos, sin)?;
+        let v = heads(&self.v, self.n_kv_heads)?;
+        let group = self.n_heads / self.n_kv_heads;
+        let k = repeat_kv(k, group)?;
+        let v = repeat_kv(v, group)?;
+        let scale = 1.0 / (self.head_dim as f64).sqrt();
+        let mut scores = (q.matmul(&k.t()?)? * scale)?;
+        if let Some(bias) = bias {
+            scores = scores.broadcast_add(bias)?;
+        }
+        let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+        let out =
+            probs
+                .matmul(&v)?
+                .transpose(1, 2)?
+                .reshape((b, t, self.n_heads * self.head_dim))?;
+        self.o.forward(&out)
+    }
+}
+
+/// `[B, kv, T, D]` -> `[B, kv * group, T, D]`, each kv head repeated for its group.
+fn repeat_kv(x: Tensor, group: usize) -> Result<Tensor> {
+    if group == 1 {
+        return Ok(x);
+    }
+    let (b, kv, t, d) = x.dims4()?;
+    x.unsqueeze(2)?
+        .expand((b, kv, group, t, d))?
+        .reshape((b, kv * group, t, d))
+}
+
+/// SwiGLU feed-forward: `down(silu(gate(x)) * up(x))`.
+#[derive(Debug, Clone)]
+pub struct SwiGlu {
+    pub gate: Linear,
+    pub up: Linear,
+    pub down: Linear,
+}
+
+impl Module for SwiGlu {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let gated = (candle_nn::ops::silu(&self.gate.forward(x)?)? * self.up.forward(x)?)?;
+        self.down.forward(&gated)
+    }
+}
+
+/// Pre-norm transformer block.
+#[derive(Debug, Clone)]
+pub struct Block {
+    pub attn_norm: RmsNorm,
+    pub attn: Attention,
+    pub mlp_norm: RmsNorm,
+    pub mlp: SwiGlu,
+}
+
+impl Block {
+    fn forward(
+        &self,
+        x: &Tensor,
+        cos: &Tensor,
+        sin: &Tensor,
+        bias: Option<&Tensor>,
+    ) -> Result<Tensor> {
+        let x = (x + self
+            .attn
+            .forward(&self.attn_norm.forward(x)?, cos, sin, bias)?)?;
+        &x + self.mlp.forward(&self.mlp_norm.forward(&x)?)?
+    }
+}
+
+/// Embedding, blocks and final norm: everything up to the LM head.
+#[derive(Debug, Clone)]
+pub struct Trunk {
+    pub embed: Embedding,
+    pub blocks: Vec<Block>,
+    pub norm: RmsNorm,
+    pub rotary: RotaryTable,
+}
+
+impl Trunk {
+    /// Final hidden states `[B, T, H]`.
+    pub fn hidden_states(&self, batch: &Batch) -> Result<Tensor> {
+        let (cos, sin) = self.rotary.for_positions(&batch.positions)?;
+        let mut x = self.embed.forward(&batch.input_ids)?;
+        for block in &self.blocks {
+            x = block.forward(&x, &cos, &sin, batch.attention_bias.as_ref())?;
+        }
+        self.norm.forward(&x)
+    }
+}
+
+/// Checks the head layout of a config before any weight is read.
+pub fn check_heads(
+    hidden: usize,
+    n_heads: usize,
+    n_kv_heads: usize,
+) -> std::result::Result<usize, String> {
+    if n_heads == 0 || hidden % n_heads != 0 {
+        return Err(format!(
+            "hidden size {hidden} is not divisible by {n_heads} attention heads"
+        ));
+    }
+    if n_kv_heads == 0 || n_heads % n_kv_heads != 0 {
+        return Err(format!(
+            "{n_heads} attention heads are not a multiple of {n_kv_heads} key/value heads"
+        ));
+    }
+    let head_dim = hidden / n_heads;
+    if head_dim % 2 != 0 {
+        return Err(format!(
+            "head dimension {head_dim} must be even for rotary embeddings"
+        ));
+    }
+    Ok(head_dim)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn repeat_kv_repeats_each_head_for_its_group() {
+        let x = Tensor::arange(0f32, 4.0, &Device::Cpu)
+            .unwrap()
+            .reshape((1, 2, 2, 1))
+            .unwrap();
+        let y = repeat_kv(x, 2)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        assert_eq!(y, vec![0.0, 1.0, 0.0, 1.0, 2.0, 3.0, 2.0, 3.0]);
+    }
+
+    #[test]
+    fn rotary_position_zero_is_identity() {
+        let table = RotaryTable::new(4, 8, 10_000.0, DType::F32, &Device::Cpu).unwrap();
+        let pos = Tensor::new(&[[0u32, 3]], &Device::Cpu).unwrap();
+        let (cos, sin) = table.for_positions(&pos).unwrap();
+        let cos = cos.to_vec3::<f32>().unwrap();
+        let sin = sin.to_vec3::<f32>().unwrap();
+        assert_eq!(cos[0][0], vec![1.0, 1.0]);
+        assert_eq!(sin[0][0], vec![0.0, 0.0]);
+        assert!((cos[0][1][0] - 3f32.cos()).abs() < 1e-6);
+        assert!((sin[0][1][1] - (3.0f32 * 0.01).sin()).abs() < 1e-6);
+    }
+
+    #[test]
+    fn positions_beyond_the_table_are_an_error() {
+        let table = RotaryTable::new(4, 8, 10_000.0, DType::F32, &Device::Cpu).unwrap();
+        let pos = Tensor::new(&[[8u32]], &Device::Cpu).unwrap();
+        assert!(table.for_positions(&pos).is_err());
+    }
+
+    #[test]
+    fn head_layout_is_checked() {
+        assert_eq!(check_heads(64, 4, 2), Ok(16));
+        assert!(check_heads(64, 5, 5).is_err());
+        assert!(check_heads(64, 4, 3).is_err());
+        assert!(check_heads(12, 4, 4).is_err());
+    }
+}

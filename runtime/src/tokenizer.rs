@@ -1,0 +1,255 @@
+//! Text <-> token ids with the checkpoint's own `tokenizer.json`, and chat prompts
+//! rendered from `tokenizer_config.json`'s Jinja `chat_template`, as `transformers`'
+//! `apply_chat_template` does, so a prompt means the same here and in Python.
+
+use std::path::{Path, PathBuf};
+
+use minijinja::{context, Environment, Error as JinjaError, ErrorKind};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+#[derive(Debug, thiserror::Error)]
+pub enum TokenizerError {
+    #[error("{path}: {message}")]
+    File { path: PathBuf, message: String },
+    #[error("tokenizer: {0}")]
+    Tokenize(String),
+    #[error(
+        "this model has no chat_template in tokenizer_config.json; send a plain prompt instead"
+    )]
+    NoChatTemplate,
+    #[error("chat template: {0}")]
+    Template(String),
+}
+
+/// One chat turn, as in OpenAI's `messages`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChatMessage {
+    pub role: String,
+    pub content: String,
+}
+
+impl ChatMessage {
+    pub fn new(role: &str, content: &str) -> Self {
+        Self {
+            role: role.to_string(),
+            content: content.to_string(),
+        }
+    }
+}
+
+pub struct TextTokenizer {
+    inner: tokenizers::Tokenizer,
+    chat_template: Option<String>,
+    bos_token: Option<String>,
+    eos_token: Option<String>,
+}
+
+impl std::fmt::Debug for TextTokenizer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TextTokenizer")
+            .field("vocab_size", &self.inner.get_vocab_size(true))
+            .field("has_chat_template", &self.chat_template.is_some())
+            .finish()
+    }
+}
+
+/// `bos_token` and friends are either a string or an AddedToken object.
+fn token_text(v: Option<&Value>) -> Option<String> {
+    match v? {
+        Value::String(s) => Some(s.clone()),
+        Value::Object(o) => o.get("content").and_then(Value::as_str).map(str::to_string),
+        _ => None,
+    }
+}
+
+impl TextTokenizer {
+    /// Loads `tokenizer.json` and, when present, `tokenizer_config.json` from `dir`.
+    pub fn load(dir: &Path) -> Result<Self, TokenizerError> {
+        let path = dir.join("tokenizer.json");
+        if !path.exists() {
+            return Err(TokenizerError::File {
+                path,
+                message: "file not found".into(),
+            });
+        }
+        let inner = tokenizers::Tokenizer::from_file(&path).map_err(|e| TokenizerError::File {
+            path: path.clone(),
+            message: e.to_string(),
+        })?;
+        let config_path = dir.join("tokenizer_config.json");
+        let config: Value = if config_path.exists() {
+            let text = std::fs::read_to_string(&config_path).map_err(|e| TokenizerError::File {
+                path: config_path.clone(),
+                message: e.to_string(),
+            })?;
+            serde_json::from_str(&text).map_err(|e| TokenizerError::File {
+                path: config_path.clone(),
+                message: format!("invalid JSON: {e}"),
+            })?
+        } else {
+            Value::Null
+        };
+        let chat_template = match config.get("chat_template") {
+            Some(Value::String(t)) => Some(t.clone()),
+            // Newer checkpoints list named templates; "default" is the chat one.
+            Some(Value::Array(named)) => named
+                .iter()
+                .find(|t| t.get("name").and_then(Value::as_str) == Some("default"))
+                .and_then(|t| t.get("template"))
+                .and_then(Value::as_str)
+                .map(str::to_string),
+            _ => None,
+        };
+        Ok(Self {
+            inner,
+            chat_template,
+            bos_token: token_text(config.get("bos_token")),
+            eos_token: token_text(config.get("eos_token")),
+        })
+    }
+
+    /// Token ids of `text`. Special tokens written in the text (as a chat template
+    /// writes them) are recognised; nothing is added around the text.
+    pub fn encode(&self, text: &str) -> Result<Vec<u32>, TokenizerError> {
+        self.inner
+            .encode(text, false)
+            .map(|e| e.get_ids().to_vec())
+            .map_err(|e| TokenizerError::Tokenize(e.to_string()))
+    }
+
+    /// Text of `ids`, special tokens left out.
+    pub fn decode(&self, ids: &[u32]) -> Result<String, TokenizerError> {
+        self.inner
+            .decode(ids, true)
+            .map_err(|e| TokenizerError::Tokenize(e.to_string()))
+    }
+
+    pub fn token_id(&self, token: &str) -> Option<u32> {
+        self.inner.token_to_id(token)
+    }
+
+    pub fn has_chat_template(&self) -> bool {
+        self.chat_template.is_some()
+    }
+
+    /// Renders `messages` with the model's chat template, ending with the assistant
+    /// header when `add_generation_prompt` is set.
+    pub fn apply_chat_template(
+        &self,
+        messages: &[ChatMessage],
+        add_generation_prompt: bool,
+    ) -> Result<String, TokenizerError> {
+        let template = self
+            .chat_template
+            .as_deref()
+            .ok_or(TokenizerError::NoChatTemplate)?;
+        let mut env = Environment::new();
+        // HF templates call Python string methods (.strip(), .startswith(), ...).
+        env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
+        env.add_function(
+            "raise_exception",
+            |msg: String| -> Result<String, JinjaError> {
+                Err(JinjaError::new(ErrorKind::InvalidOperation, msg))
+            },
+        );
+        env.add_template("chat", template)
+            .map_err(|e| TokenizerError::Template(e.to_string()))?;
+        let tmpl = env
+            .get_template("chat")
+            .map_err(|e| TokenizerError::Template(e.to_string()))?;
+        tmpl.render(context! {
+            messages => messages,
+            add_generation_prompt => add_generation_prompt,
+            bos_token => self.bos_token.clone().unwrap_or_default(),
+            eos_token => self.eos_token.clone().unwrap_or_default(),
+        })
+        .map_err(|e| TokenizerError::Template(e.to_string()))
+    }
+
+    /// Ids of the end-of-turn tokens a chat template may emit, which end an answer
+    /// just like EOS does.
+    pub fn end_of_turn_ids(&self) -> Vec<u32> {
+        ["<|eot_id|>", "<|im_end|>", "<|endoftext|>"]
+            .iter()
+            .filter_map(|t| self.token_id(t))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::demo::{write_demo_model, DemoSpec};
+    use crate::models::Architecture;
+
+    fn demo(arch: Architecture) -> (tempfile::TempDir, TextTokenizer) {
+        let dir = tempfile::tempdir().unwrap();
+        write_demo_model(&DemoSpec::tiny(arch), dir.path()).unwrap();
+        let tok = TextTokenizer::load(dir.path()).unwrap();
+        (dir, tok)
+    }
+
+    #[test]
+    fn byte_level_round_trip_including_unicode() {
+        let (_d, tok) = demo(Architecture::Llada);
+        for text in ["hello world", "Grüße, 世界! 🎉", " leading space", ""] {
+            let ids = tok.encode(text).unwrap();
+            assert_eq!(tok.decode(&ids).unwrap(), text);
+        }
+        assert_eq!(
+            tok.encode("ab").unwrap(),
+            vec![97, 98],
+            "bytes map to their own ids"
+        );
+    }
+
+    #[test]
+    fn llada_chat_template_matches_upstream_format() {
+        let (_d, tok) = demo(Architecture::Llada);
+        let text = tok
+            .apply_chat_template(
+                &[
+                    ChatMessage::new("system", "Be brief."),
+                    ChatMessage::new("user", " Hi "),
+                ],
+                true,
+            )
+            .unwrap();
+        assert_eq!(
+            text,
+            "<|startoftext|><|start_header_id|>system<|end_header_id|>\n\nBe brief.<|eot_id|>\
+             <|start_header_id|>user<|end_header_id|>\n\nHi<|eot_id|>\
+             <|start_header_id|>assistant<|end_header_id|>\n\n"
+        );
+        let ids = tok.encode(&text).unwrap();
+        assert_eq!(
+            ids[0],
+            tok.token_id("<|startoftext|>").unwrap(),
+            "special tokens are single ids"
+        );
+        assert!(ids.contains(&tok.token_id("<|eot_id|>").unwrap()));
+    }
+
+    #[test]
+    fn dream_chat_template_adds_default_system_prompt() {
+        let (_d, tok) = demo(Architecture::Dream);
+        let text = tok
+            .apply_chat_template(&[ChatMessage::new("user", "2+2?")], true)
+            .unwrap();
+        assert_eq!(
+            text,
+            "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n2+2?<|im_end|>\n<|im_start|>assistant\n"
+        );
+        assert!(tok
+            .end_of_turn_ids()
+            .contains(&tok.token_id("<|im_end|>").unwrap()));
+    }
+
+    #[test]
+    fn missing_tokenizer_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = TextTokenizer::load(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("tokenizer.json"), "{err}");
+    }
+}

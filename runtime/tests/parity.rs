@@ -1,0 +1,151 @@
+//! Parity with `transformers`: the committed fixtures in `tests/fixtures/parity/<arch>`
+//! hold a tiny checkpoint and the logits and greedy generations that
+//! `scripts/parity/reference.py` computed from it with LlamaForCausalLM (LLaDA) and
+//! Qwen2ForCausalLM (Dream) under a bidirectional mask. Regenerate them with
+//! `scripts/parity/regen.sh`.
+
+use std::path::PathBuf;
+
+use candle_core::{DType, Device};
+use dfastllm::decoding::{generate, DiffusionParams, DiffusionSequence};
+use dfastllm::models::{self, Batch, DTypeChoice};
+use serde::Deserialize;
+
+#[derive(Deserialize)]
+struct Fixture {
+    forward_cases: Vec<ForwardCase>,
+    generate_cases: Vec<GenerateCase>,
+}
+
+#[derive(Deserialize)]
+struct ForwardCase {
+    name: String,
+    input_ids: Vec<Vec<u32>>,
+    attention_mask: Vec<Vec<u8>>,
+    logits: Vec<Vec<Vec<f32>>>,
+}
+
+#[derive(Deserialize)]
+struct GenerateCase {
+    name: String,
+    prompt_ids: Vec<u32>,
+    gen_length: usize,
+    block_length: usize,
+    steps: usize,
+    answer_ids: Vec<u32>,
+}
+
+fn fixture_dir(arch: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/parity")
+        .join(arch)
+}
+
+fn load_fixture(arch: &str) -> Fixture {
+    let path = fixture_dir(arch).join("expected.json");
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    serde_json::from_str(&text).expect("fixture JSON")
+}
+
+/// Largest |ours - reference| over the real (unpadded) positions of every case.
+fn check_logits(arch: &str) -> f32 {
+    let fixture = load_fixture(arch);
+    let model = models::load(&fixture_dir(arch), &Device::Cpu, DTypeChoice::F32).unwrap();
+    let mut worst = 0f32;
+    for case in &fixture.forward_cases {
+        let (b, t) = (case.input_ids.len(), case.input_ids[0].len());
+        let ids: Vec<u32> = case.input_ids.concat();
+        let mask: Vec<u8> = case.attention_mask.concat();
+        let batch = Batch::from_mask(&ids, &mask, b, t, &Device::Cpu, DType::F32).unwrap();
+        let ours = model
+            .model
+            .forward(&batch, None)
+            .unwrap()
+            .to_vec3::<f32>()
+            .unwrap();
+        let rows = ours.iter().zip(&case.logits).zip(&case.attention_mask);
+        for ((our_row, ref_row), mask_row) in rows {
+            let real = our_row
+                .iter()
+                .zip(ref_row)
+                .zip(mask_row)
+                .filter(|(_, &m)| m != 0);
+            for ((a, r), _) in real {
+                for (x, y) in a.iter().zip(r) {
+                    worst = worst.max((x - y).abs());
+                }
+            }
+        }
+        assert!(worst < 1e-4, "{arch}/{}: max |diff| {worst}", case.name);
+    }
+    eprintln!("{arch}: max abs logit difference vs transformers: {worst:e}");
+    worst
+}
+
+fn check_generation(arch: &str) {
+    let fixture = load_fixture(arch);
+    let model = models::load(&fixture_dir(arch), &Device::Cpu, DTypeChoice::F32).unwrap();
+    for case in &fixture.generate_cases {
+        let params = DiffusionParams {
+            block_length: case.block_length,
+            steps: case.steps,
+            stop_at_eos: false,
+            ..DiffusionParams::with_defaults(case.gen_length)
+        };
+        let mut seq = DiffusionSequence::new(
+            &case.prompt_ids,
+            params.clone(),
+            &model.special,
+            model.model.max_context(),
+        )
+        .unwrap();
+        let answer = generate(model.model.as_ref(), &mut seq, model.special.pad_id).unwrap();
+        assert_eq!(answer.raw_ids, case.answer_ids, "{arch}/{}", case.name);
+        assert_eq!(answer.forward_passes, case.steps);
+
+        // Stopping at EOS gives the same answer, never more forward passes.
+        let stop = DiffusionParams {
+            stop_at_eos: true,
+            ..params
+        };
+        let mut seq = DiffusionSequence::new(
+            &case.prompt_ids,
+            stop,
+            &model.special,
+            model.model.max_context(),
+        )
+        .unwrap();
+        let early = generate(model.model.as_ref(), &mut seq, model.special.pad_id).unwrap();
+        let end = case
+            .answer_ids
+            .iter()
+            .position(|t| model.special.eos_ids.contains(t));
+        assert_eq!(
+            early.token_ids,
+            case.answer_ids[..end.unwrap_or(case.gen_length)],
+            "{arch}/{}",
+            case.name
+        );
+        assert!(early.forward_passes <= case.steps);
+    }
+}
+
+#[test]
+fn llada_logits_match_transformers() {
+    check_logits("llada");
+}
+
+#[test]
+fn dream_logits_match_transformers() {
+    check_logits("dream");
+}
+
+#[test]
+fn llada_greedy_generation_matches_reference_sampler() {
+    check_generation("llada");
+}
+
+#[test]
+fn dream_greedy_generation_matches_reference_sampler() {
+    check_generation("dream");
+}
