@@ -1,23 +1,32 @@
 # The two commands a newcomer needs:
-#   make demo   the main job: build, write a demo checkpoint, generate with it
+#   make serve  the main job: build, write a demo checkpoint, serve the OpenAI API on :8000
 #   make test   every test (what .ci/run calls)
 CARGO ?= cargo
 export CARGO_BUILD_JOBS ?= 2
 DEMO_DIR ?= target/demo/llada
 
-.PHONY: demo test test-cpu cuda lint parity-fixtures bench-forward
+.PHONY: serve demo test test-cpu sdk cuda lint parity-fixtures bench-forward
+
+serve:
+	$(CARGO) build --release -p dfastllm-runtime --bin dfastllm
+	test -f $(DEMO_DIR)/config.json || target/release/dfastllm demo-model --arch llada --out $(DEMO_DIR)
+	target/release/dfastllm serve --model $(DEMO_DIR) --served-name llada-demo --port 8000 --log-format text
 
 demo:
 	$(CARGO) build --release -p dfastllm-runtime --bin dfastllm
 	target/release/dfastllm demo-model --arch llada --out $(DEMO_DIR)
 	target/release/dfastllm generate --model $(DEMO_DIR) --prompt "The capital of France is" --max-tokens 32 --json
 
-# Unit, parity and CLI tests on the CPU, then the CUDA build (compiled and linked
-# against PyPI's toolkit, smoke-tested on the CPU: CI has no GPU).
-test: test-cpu cuda
+# Unit, parity, CLI and server tests on the CPU, the official openai SDK against a
+# real server, then the CUDA build (compiled and linked against PyPI's toolkit,
+# smoke-tested on the CPU: CI has no GPU).
+test: test-cpu sdk cuda
 
 test-cpu:
 	$(CARGO) test --workspace
+
+sdk:
+	scripts/sdk-tests.sh
 
 cuda:
 	scripts/cuda/build.sh

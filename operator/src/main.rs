@@ -6,6 +6,9 @@
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
-    eprintln!("dfastllm-operator {}: the controller is not implemented yet", env!("CARGO_PKG_VERSION"));
+    eprintln!(
+        "dfastllm-operator {}: the controller is not implemented yet",
+        env!("CARGO_PKG_VERSION")
+    );
     ExitCode::FAILURE
 }

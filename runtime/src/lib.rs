@@ -4,10 +4,16 @@
 //! Data flows `tokenizer` -> `decoding` (which owns the sampling loop) -> `models`
 //! (forward passes only) and back; `generation` ties them into one call, and `demo`
 //! writes tiny random checkpoints in the real upstream layouts for tests and demos.
+//! `serve` puts `server` (HTTP, OpenAI API) in front of `engine` (one scheduler thread
+//! that owns the model and batches every request's decoding steps).
 
+pub mod config;
 pub mod decoding;
 pub mod demo;
 pub mod device;
+pub mod engine;
 pub mod generation;
+pub mod metrics;
 pub mod models;
+pub mod server;
 pub mod tokenizer;

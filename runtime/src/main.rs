@@ -1,16 +1,21 @@
-//! The `dfastllm` command line: `generate`, `demo-model`, `bench`.
+//! The `dfastllm` command line: `serve`, `generate`, `demo-model`, `bench`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand};
+use dfastllm::config::{FileConfig, Overrides, RuntimeConfig};
 use dfastllm::decoding::{DecodeError, DiffusionParams, Remasking};
 use dfastllm::demo::{write_demo_model, DemoDType, DemoSpec};
 use dfastllm::device::{self, DeviceChoice};
+use dfastllm::engine::{engine, EngineConfig, Scheduler};
 use dfastllm::generation::{GenerationError, Generator, Prompt};
+use dfastllm::metrics::Metrics;
 use dfastllm::models::{self, Architecture, Batch, DTypeChoice};
+use dfastllm::server::{serve, AppState, ModelInfo};
 use dfastllm::tokenizer::ChatMessage;
 
 #[derive(Parser, Debug)]
@@ -26,6 +31,8 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Serve the OpenAI-compatible API (/v1/completions, /v1/chat/completions, ...).
+    Serve(Box<ServeArgs>),
     /// Generate one answer from a prompt and print it.
     Generate(GenerateArgs),
     /// Write a tiny checkpoint with RANDOM weights in a real upstream layout.
@@ -118,6 +125,118 @@ struct DemoModelArgs {
     shards: usize,
     #[arg(long, env = "DFASTLLM_DEMO_MAX_CONTEXT", default_value_t = 1024)]
     max_context: usize,
+}
+
+#[derive(Args, Debug)]
+struct ServeArgs {
+    /// runtime.toml (the operator's ConfigMap); flags and DFASTLLM_* env override it.
+    #[arg(long, env = "DFASTLLM_CONFIG")]
+    config: Option<PathBuf>,
+    /// Model directory [default: /mnt/models].
+    #[arg(long, env = "DFASTLLM_MODEL")]
+    model: Option<PathBuf>,
+    /// Name clients use in `model` [default: the model directory's name].
+    #[arg(long, env = "DFASTLLM_SERVED_NAME")]
+    served_name: Option<String>,
+    /// Extra accepted model names, comma-separated.
+    #[arg(long, env = "DFASTLLM_ALIASES", value_delimiter = ',')]
+    aliases: Option<Vec<String>>,
+    /// auto, cpu, cuda, cuda:N [default: auto].
+    #[arg(long, env = "DFASTLLM_DEVICE")]
+    device: Option<String>,
+    /// auto, f32, f16, bf16 [default: auto].
+    #[arg(long, env = "DFASTLLM_DTYPE")]
+    dtype: Option<String>,
+    /// [default: 0.0.0.0]
+    #[arg(long, env = "DFASTLLM_HOST")]
+    host: Option<String>,
+    /// [default: 8000; 0 picks a free port]
+    #[arg(long, env = "DFASTLLM_PORT")]
+    port: Option<u16>,
+    /// Sequences per forward pass [default: 16].
+    #[arg(long, env = "DFASTLLM_MAX_CONCURRENT_REQUESTS")]
+    max_concurrent_requests: Option<usize>,
+    /// Waiting sequences before 429 [default: 256].
+    #[arg(long, env = "DFASTLLM_MAX_QUEUE")]
+    max_queue: Option<usize>,
+    /// [default: 300]
+    #[arg(long, env = "DFASTLLM_REQUEST_TIMEOUT_SECONDS")]
+    request_timeout_seconds: Option<u64>,
+    /// How long SIGTERM waits for in-flight requests [default: 30].
+    #[arg(long, env = "DFASTLLM_SHUTDOWN_GRACE_SECONDS")]
+    shutdown_grace_seconds: Option<u64>,
+    /// Request body limit [default: 1048576].
+    #[arg(long, env = "DFASTLLM_MAX_BODY_BYTES")]
+    max_body_bytes: Option<usize>,
+    /// Accepted API keys, comma-separated (off when none is given).
+    #[arg(
+        long,
+        env = "DFASTLLM_API_KEYS",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    api_keys: Option<Vec<String>>,
+    /// File of API keys, one per line.
+    #[arg(long, env = "DFASTLLM_API_KEYS_FILE")]
+    api_keys_file: Option<PathBuf>,
+    /// Requests per minute per API key (or client address); 0 = unlimited [default: 0].
+    #[arg(long, env = "DFASTLLM_RATE_LIMIT_RPM")]
+    rate_limit_rpm: Option<u32>,
+    /// Wait this long for more requests before starting a new batch [default: 0].
+    #[arg(long, env = "DFASTLLM_BATCH_WAIT_MS")]
+    batch_wait_ms: Option<u64>,
+    /// Default max_tokens (diffusion gen length) [default: 64].
+    #[arg(long, env = "DFASTLLM_MAX_TOKENS")]
+    max_tokens: Option<usize>,
+    /// Default steps for an answer of max-tokens tokens [default: one per token].
+    #[arg(long, env = "DFASTLLM_STEPS")]
+    steps: Option<usize>,
+    /// Default block length [default: 32 when it divides the answer].
+    #[arg(long, env = "DFASTLLM_BLOCK_LENGTH")]
+    block_length: Option<usize>,
+    /// Default remasking [default: low_confidence].
+    #[arg(long, env = "DFASTLLM_REMASKING")]
+    remasking: Option<Remasking>,
+    /// Default temperature [default: 0].
+    #[arg(long, env = "DFASTLLM_TEMPERATURE")]
+    temperature: Option<f32>,
+    /// json (one object per line) or text.
+    #[arg(long, env = "DFASTLLM_LOG_FORMAT", default_value = "json")]
+    log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    Json,
+    Text,
+}
+
+impl ServeArgs {
+    fn overrides(&self) -> Overrides {
+        Overrides {
+            model_path: self.model.clone(),
+            served_name: self.served_name.clone(),
+            aliases: self.aliases.clone(),
+            device: self.device.clone(),
+            dtype: self.dtype.clone(),
+            host: self.host.clone(),
+            port: self.port,
+            max_concurrent_requests: self.max_concurrent_requests,
+            max_queue: self.max_queue,
+            request_timeout_seconds: self.request_timeout_seconds,
+            shutdown_grace_seconds: self.shutdown_grace_seconds,
+            max_body_bytes: self.max_body_bytes,
+            api_keys: self.api_keys.clone(),
+            api_keys_file: self.api_keys_file.clone(),
+            rate_limit_requests_per_minute: self.rate_limit_rpm,
+            batch_wait_ms: self.batch_wait_ms,
+            gen_length: self.max_tokens,
+            steps: self.steps,
+            block_length: self.block_length,
+            remasking: self.remasking,
+            temperature: self.temperature,
+        }
+    }
 }
 
 #[derive(Subcommand, Debug)]
@@ -249,6 +368,142 @@ fn run_bench_forward(args: BenchForwardArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("DFASTLLM_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stdout);
+    match format {
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+/// Loads the model, runs one warm-up generation, marks the server ready, then runs
+/// the scheduler on this thread for the life of the process.
+fn load_and_schedule(
+    cfg: &RuntimeConfig,
+    device: DeviceChoice,
+    dtype: DTypeChoice,
+    state: &AppState,
+    scheduler: Scheduler,
+) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let device = device::select(device)?;
+    let generator = Generator::load(&cfg.model_path, &device, dtype)?;
+    let warmup = Prompt::Text("warm up".into());
+    let params = DiffusionParams::with_defaults(8);
+    generator
+        .generate(&warmup, params)
+        .context("warm-up generation")?;
+    let Generator { model, tokenizer } = generator;
+    tracing::info!(
+        model = %cfg.model_path.display(),
+        architecture = model.architecture.name(),
+        device = device::describe(&device),
+        dtype = ?model.dtype,
+        demo_weights = model.is_demo,
+        load_seconds = started.elapsed().as_secs_f64(),
+        "model loaded and warmed up"
+    );
+    state.set_ready(ModelInfo {
+        tokenizer,
+        special: model.special.clone(),
+        max_context: model.model.max_context(),
+        architecture: model.architecture,
+        device: device::describe(&device),
+    });
+    scheduler.run(&model);
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+}
+
+fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
+    let file = match &args.config {
+        Some(path) => FileConfig::load(path)?,
+        None => FileConfig::default(),
+    };
+    let cfg = RuntimeConfig::merge(args.overrides(), file)?;
+    let device: DeviceChoice = cfg
+        .device
+        .parse()
+        .map_err(|e| anyhow::anyhow!("--device: {e}"))?;
+    let dtype: DTypeChoice = cfg
+        .dtype
+        .parse()
+        .map_err(|e| anyhow::anyhow!("--dtype: {e}"))?;
+    // Fail before binding the port when the model directory is plainly wrong.
+    if !cfg.model_path.join("config.json").is_file() {
+        bail!(
+            "--model: {} has no config.json (expected a Hugging Face checkpoint directory)",
+            cfg.model_path.display()
+        );
+    }
+    init_logging(args.log_format);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::bind((cfg.host.as_str(), cfg.port))
+            .await
+            .with_context(|| format!("binding {}:{}", cfg.host, cfg.port))?;
+        let addr = listener.local_addr()?;
+        tracing::info!(addr = %addr, served_name = %cfg.served_name, "listening");
+        let metrics = Arc::new(Metrics::new());
+        let (handle, scheduler) = engine(
+            EngineConfig {
+                max_concurrent_requests: cfg.max_concurrent_requests,
+                max_queue: cfg.max_queue,
+                batch_wait: std::time::Duration::from_millis(cfg.batch_wait_ms),
+            },
+            metrics.clone(),
+        );
+        let state = AppState::new(cfg.clone(), handle, metrics);
+        let (failed_tx, failed_rx) = tokio::sync::oneshot::channel::<String>();
+        let engine_state = state.clone();
+        std::thread::Builder::new()
+            .name("dfastllm-engine".into())
+            .spawn(move || {
+                if let Err(e) = load_and_schedule(&cfg, device, dtype, &engine_state, scheduler) {
+                    let _ = failed_tx.send(format!("{e:#}"));
+                }
+            })?;
+        tokio::select! {
+            result = serve(listener, state, shutdown_signal()) => {
+                result?;
+                tracing::info!("drained, exiting");
+                Ok(())
+            }
+            Ok(message) = failed_rx => {
+                tracing::error!(error = %message, "model failed to load");
+                bail!("{message}")
+            }
+        }
+    })
+}
+
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
@@ -270,6 +525,7 @@ fn main() -> ExitCode {
         }
     };
     let result = match cli.command {
+        Command::Serve(args) => run_serve(*args),
         Command::Generate(args) => run_generate(args),
         Command::DemoModel(args) => run_demo_model(args),
         Command::Bench(BenchCommand::Forward(args)) => run_bench_forward(args),

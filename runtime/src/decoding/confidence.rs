@@ -24,6 +24,7 @@ pub struct Proposal {
 pub fn propose(
     logits: &Tensor,
     temperature: f32,
+    top_p: f32,
     remasking: Remasking,
     rng: &mut ChaCha8Rng,
 ) -> Result<Vec<Proposal>> {
@@ -34,7 +35,12 @@ pub fn propose(
             .map(|_| gumbel(rng) * temperature)
             .collect();
         let noise = Tensor::from_vec(noise, (rows, vocab), logits.device())?;
-        (&logits + noise)?.argmax(D::Minus1)?
+        let candidates = if top_p < 1.0 {
+            nucleus(&logits, top_p)?
+        } else {
+            logits.clone()
+        };
+        (&candidates + noise)?.argmax(D::Minus1)?
     } else {
         logits.argmax(D::Minus1)?
     };
@@ -70,6 +76,27 @@ pub fn propose(
         .collect())
 }
 
+/// `logits` with every token outside each row's top-p nucleus set to -inf. The
+/// nucleus is the most probable tokens whose cumulative probability first reaches
+/// `top_p` (always at least the top token).
+fn nucleus(logits: &Tensor, top_p: f32) -> Result<Tensor> {
+    let probs = candle_nn::ops::softmax_last_dim(logits)?;
+    let order = probs.arg_sort_last_dim(false)?;
+    let sorted = probs.gather(&order, D::Minus1)?;
+    let before = (sorted.cumsum(D::Minus1)? - &sorted)?;
+    // Tokens whose preceding mass is still below top_p are in the nucleus.
+    // Counted in f32: candle's affine on u32 cannot subtract.
+    let kept = before
+        .lt(f64::from(top_p))?
+        .to_dtype(DType::F32)?
+        .sum_keepdim(D::Minus1)?;
+    let last = (kept - 1.0)?.to_dtype(DType::U32)?;
+    let threshold = sorted.gather(&last, D::Minus1)?;
+    let outside = probs.broadcast_lt(&threshold)?;
+    let minus_inf = Tensor::full(f32::NEG_INFINITY, logits.shape(), logits.device())?;
+    outside.where_cond(&minus_inf, logits)
+}
+
 /// A standard Gumbel sample, `-ln(-ln(u))` with `u` strictly inside (0, 1).
 fn gumbel(rng: &mut ChaCha8Rng) -> f32 {
     let u: f64 = rng.random_range(f64::MIN_POSITIVE..1.0);
@@ -93,7 +120,7 @@ mod tests {
     #[test]
     fn greedy_low_confidence_is_argmax_and_its_probability() {
         let l = logits(&[[0.0, 2.0, 0.0, 0.0], [3.0, 0.0, 0.0, 0.0]]);
-        let p = propose(&l, 0.0, Remasking::LowConfidence, &mut rng()).unwrap();
+        let p = propose(&l, 0.0, 1.0, Remasking::LowConfidence, &mut rng()).unwrap();
         assert_eq!(p[0].token, 1);
         assert_eq!(p[1].token, 0);
         let expected = 2f32.exp() / (2f32.exp() + 3.0);
@@ -104,7 +131,7 @@ mod tests {
     #[test]
     fn entropy_scores_peaked_rows_higher() {
         let l = logits(&[[0.0, 0.0, 0.0, 0.0], [9.0, 0.0, 0.0, 0.0]]);
-        let p = propose(&l, 0.0, Remasking::Entropy, &mut rng()).unwrap();
+        let p = propose(&l, 0.0, 1.0, Remasking::Entropy, &mut rng()).unwrap();
         assert!(
             (p[0].confidence + 4f32.ln()).abs() < 1e-5,
             "uniform row has entropy ln 4"
@@ -115,13 +142,14 @@ mod tests {
     #[test]
     fn margin_is_top1_minus_top2() {
         let l = logits(&[[1.0f32.ln(), 3.0f32.ln(), 6.0f32.ln(), 0.0]]);
-        let p = propose(&l, 0.0, Remasking::Margin, &mut rng()).unwrap();
+        let p = propose(&l, 0.0, 1.0, Remasking::Margin, &mut rng()).unwrap();
         assert_eq!(p[0].token, 2);
         let total = 1.0 + 3.0 + 6.0 + 1.0;
         assert!((p[0].confidence - (6.0 - 3.0) / total).abs() < 1e-6);
         let tied = propose(
             &logits(&[[1.0, 1.0, 0.0, 0.0]]),
             0.0,
+            1.0,
             Remasking::Margin,
             &mut rng(),
         )
@@ -135,13 +163,13 @@ mod tests {
     #[test]
     fn sampling_is_reproducible_and_follows_the_distribution() {
         let l = logits(&[[0.0, 1.0, 2.0, 3.0]; 8]);
-        let a = propose(&l, 1.0, Remasking::Random, &mut rng()).unwrap();
-        let b = propose(&l, 1.0, Remasking::Random, &mut rng()).unwrap();
+        let a = propose(&l, 1.0, 1.0, Remasking::Random, &mut rng()).unwrap();
+        let b = propose(&l, 1.0, 1.0, Remasking::Random, &mut rng()).unwrap();
         assert_eq!(a, b, "same seed, same proposals");
 
         // 4000 draws of softmax([0,1,2,3]): token 3 has p = 0.644, token 0 has p = 0.032.
         let many = logits(&[[0.0, 1.0, 2.0, 3.0]; 4000]);
-        let draws = propose(&many, 1.0, Remasking::LowConfidence, &mut rng()).unwrap();
+        let draws = propose(&many, 1.0, 1.0, Remasking::LowConfidence, &mut rng()).unwrap();
         let share = |t: u32| draws.iter().filter(|p| p.token == t).count() as f64 / 4000.0;
         assert!(
             (share(3) - 0.644).abs() < 0.03,
@@ -156,9 +184,26 @@ mod tests {
     }
 
     #[test]
+    fn top_p_samples_only_from_the_nucleus() {
+        // softmax([0,1,2,3]) = [0.032, 0.087, 0.237, 0.644]: top_p 0.8 keeps tokens 3 and 2.
+        let many = logits(&[[0.0, 1.0, 2.0, 3.0]; 2000]);
+        let draws = propose(&many, 1.0, 0.8, Remasking::LowConfidence, &mut rng()).unwrap();
+        assert!(
+            draws.iter().all(|p| p.token >= 2),
+            "only the nucleus is sampled"
+        );
+        assert!(draws.iter().any(|p| p.token == 2) && draws.iter().any(|p| p.token == 3));
+        let tight = propose(&many, 1.0, 0.5, Remasking::LowConfidence, &mut rng()).unwrap();
+        assert!(
+            tight.iter().all(|p| p.token == 3),
+            "the top token alone reaches 0.5"
+        );
+    }
+
+    #[test]
     fn random_scores_are_uniform_in_unit_interval() {
         let l = logits(&[[0.0; 4]; 64]);
-        let p = propose(&l, 0.0, Remasking::Random, &mut rng()).unwrap();
+        let p = propose(&l, 0.0, 1.0, Remasking::Random, &mut rng()).unwrap();
         assert!(p.iter().all(|p| (0.0..1.0).contains(&p.confidence)));
         assert!(p.windows(2).any(|w| w[0].confidence != w[1].confidence));
     }

@@ -137,6 +137,7 @@ impl DiffusionSequence {
         let proposals = propose(
             logits,
             self.params.temperature,
+            self.params.top_p,
             self.params.remasking,
             &mut self.rng,
         )?;
@@ -189,6 +190,32 @@ impl DiffusionSequence {
             }
         }
         false
+    }
+
+    /// Answer tokens that can no longer change: those before the first masked position,
+    /// up to (not including) the first end-of-sequence token. Streaming sends these.
+    pub fn settled_answer(&self) -> Vec<u32> {
+        self.tokens[self.prompt_len..]
+            .iter()
+            .copied()
+            .take_while(|&t| t != self.mask_id && !self.eos_ids.contains(&t))
+            .collect()
+    }
+
+    pub fn forward_passes(&self) -> usize {
+        self.forward_passes
+    }
+
+    pub fn steps(&self) -> usize {
+        self.steps
+    }
+
+    /// Answer positions committed so far.
+    pub fn committed_answer_tokens(&self) -> usize {
+        self.tokens[self.prompt_len..]
+            .iter()
+            .filter(|&&t| t != self.mask_id)
+            .count()
     }
 
     pub fn answer(&self) -> Answer {
@@ -355,6 +382,7 @@ mod tests {
         let mut full = seq(8, 4, 2, false);
         block(&mut full, [5, EOS, 7, 7]);
         assert!(!full.is_finished());
+        assert_eq!(full.settled_answer(), vec![5], "settled text stops at EOS");
         block(&mut full, [8, 8, 8, 8]);
         let answer = full.answer();
         assert_eq!(answer.token_ids, vec![5]);

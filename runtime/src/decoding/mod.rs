@@ -78,6 +78,9 @@ pub struct DiffusionParams {
     pub remasking: Remasking,
     /// 0 is argmax; above 0, Gumbel-max sampling at this temperature.
     pub temperature: f32,
+    /// Nucleus sampling: with `temperature > 0`, draw only from the smallest set of
+    /// tokens whose probability reaches `top_p` (1 = the whole vocabulary).
+    pub top_p: f32,
     /// Seeds the Gumbel noise and random remasking; `None` draws a fresh seed.
     pub seed: Option<u64>,
     /// Stop once a committed EOS has only committed tokens before it: the answer can no
@@ -95,6 +98,7 @@ impl DiffusionParams {
             steps: gen_length,
             remasking: Remasking::LowConfidence,
             temperature: 0.0,
+            top_p: 1.0,
             seed: None,
             stop_at_eos: true,
         }
@@ -150,6 +154,18 @@ impl DiffusionParams {
                     "temperature must be a finite number >= 0, got {}",
                     self.temperature
                 ),
+            );
+        }
+        if !(self.top_p > 0.0 && self.top_p <= 1.0) {
+            return invalid(
+                "top_p",
+                format!("top_p must be in (0, 1], got {}", self.top_p),
+            );
+        }
+        if prompt_len >= max_context {
+            return invalid(
+                "prompt",
+                format!("the prompt ({prompt_len} tokens) does not fit the model's context of {max_context} tokens"),
             );
         }
         if prompt_len + self.gen_length > max_context {
@@ -242,6 +258,7 @@ mod tests {
         assert_eq!(param_of(params(16, 4, 6).validate(3, 100)), "steps");
         assert_eq!(param_of(params(16, 8, 32).validate(3, 100)), "steps");
         assert_eq!(param_of(params(16, 8, 16).validate(90, 100)), "max_tokens");
+        assert_eq!(param_of(params(16, 8, 16).validate(100, 100)), "prompt");
         let hot = DiffusionParams {
             temperature: -1.0,
             ..params(16, 8, 16)

@@ -1,0 +1,217 @@
+//! Prometheus metrics (design §4 names, prefix `dfastllm_`), shared by the engine, which
+//! sees forward passes and batches, and the server, which sees requests.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, linear_buckets, Histogram};
+use prometheus_client::metrics::info::Info;
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    pub endpoint: String,
+    pub model: String,
+    pub status: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BuildLabels {
+    version: String,
+    cuda: String,
+}
+
+pub struct Metrics {
+    registry: Registry,
+    pub requests: Family<RequestLabels, Counter>,
+    pub request_duration: Histogram,
+    pub time_to_first_token: Histogram,
+    pub time_per_output_token: Histogram,
+    pub prompt_tokens: Counter,
+    pub generation_tokens: Counter,
+    pub requests_running: Gauge,
+    pub requests_waiting: Gauge,
+    pub requests_rejected: Family<ReasonLabels, Counter>,
+    pub requests_cancelled: Counter,
+    pub forward_passes: Counter,
+    pub tokens_per_forward_pass: Histogram,
+    pub batch_size: Histogram,
+    pub gpu_memory_used_bytes: Gauge,
+    pub gpu_memory_total_bytes: Gauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("dfastllm");
+        let latency = || Histogram::new(exponential_buckets(0.001, 2.0, 18));
+        let m = Self {
+            requests: Family::default(),
+            request_duration: latency(),
+            time_to_first_token: latency(),
+            time_per_output_token: Histogram::new(exponential_buckets(0.0001, 2.0, 18)),
+            prompt_tokens: Counter::default(),
+            generation_tokens: Counter::default(),
+            requests_running: Gauge::default(),
+            requests_waiting: Gauge::default(),
+            requests_rejected: Family::default(),
+            requests_cancelled: Counter::default(),
+            forward_passes: Counter::default(),
+            tokens_per_forward_pass: Histogram::new(linear_buckets(1.0, 1.0, 32)),
+            batch_size: Histogram::new(linear_buckets(1.0, 1.0, 32)),
+            gpu_memory_used_bytes: Gauge::default(),
+            gpu_memory_total_bytes: Gauge::default(),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "requests",
+            "Requests by endpoint, model and HTTP status",
+            m.requests.clone(),
+        );
+        registry.register(
+            "request_duration_seconds",
+            "End-to-end request latency",
+            m.request_duration.clone(),
+        );
+        registry.register(
+            "time_to_first_token_seconds",
+            "Time until the first answer token is settled",
+            m.time_to_first_token.clone(),
+        );
+        registry.register(
+            "time_per_output_token_seconds",
+            "Decode time per answer token after the first",
+            m.time_per_output_token.clone(),
+        );
+        registry.register(
+            "prompt_tokens",
+            "Prompt tokens processed",
+            m.prompt_tokens.clone(),
+        );
+        registry.register(
+            "generation_tokens",
+            "Answer tokens generated",
+            m.generation_tokens.clone(),
+        );
+        registry.register(
+            "requests_running",
+            "Sequences in the running batch",
+            m.requests_running.clone(),
+        );
+        registry.register(
+            "requests_waiting",
+            "Sequences waiting in the admission queue",
+            m.requests_waiting.clone(),
+        );
+        registry.register(
+            "requests_rejected",
+            "Requests refused, by reason",
+            m.requests_rejected.clone(),
+        );
+        registry.register(
+            "requests_cancelled",
+            "Sequences dropped because the client went away",
+            m.requests_cancelled.clone(),
+        );
+        registry.register(
+            "forward_passes",
+            "Model forward passes (one per batch iteration)",
+            m.forward_passes.clone(),
+        );
+        registry.register(
+            "tokens_per_forward_pass",
+            "Tokens a sequence commits per forward pass",
+            m.tokens_per_forward_pass.clone(),
+        );
+        registry.register(
+            "batch_size",
+            "Sequences sharing one forward pass",
+            m.batch_size.clone(),
+        );
+        registry.register(
+            "gpu_memory_used_bytes",
+            "GPU memory in use on the serving device (0 on CPU)",
+            m.gpu_memory_used_bytes.clone(),
+        );
+        registry.register(
+            "gpu_memory_total_bytes",
+            "GPU memory of the serving device (0 on CPU)",
+            m.gpu_memory_total_bytes.clone(),
+        );
+        registry.register(
+            "build",
+            "Build information",
+            Info::new(BuildLabels {
+                version: env!("CARGO_PKG_VERSION").to_string(),
+                cuda: cfg!(feature = "cuda").to_string(),
+            }),
+        );
+        Self { registry, ..m }
+    }
+
+    pub fn reject(&self, reason: &str) {
+        self.requests_rejected
+            .get_or_create(&ReasonLabels {
+                reason: reason.to_string(),
+            })
+            .inc();
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exposes_the_design_names() {
+        let m = Metrics::new();
+        m.requests
+            .get_or_create(&RequestLabels {
+                endpoint: "/v1/completions".into(),
+                model: "m".into(),
+                status: "200".into(),
+            })
+            .inc();
+        m.reject("queue_full");
+        m.batch_size.observe(3.0);
+        let text = m.encode();
+        for name in [
+            "dfastllm_requests_total{endpoint=\"/v1/completions\",model=\"m\",status=\"200\"} 1",
+            "dfastllm_request_duration_seconds_bucket",
+            "dfastllm_time_to_first_token_seconds",
+            "dfastllm_time_per_output_token_seconds",
+            "dfastllm_prompt_tokens_total",
+            "dfastllm_generation_tokens_total",
+            "dfastllm_requests_running",
+            "dfastllm_requests_waiting",
+            "dfastllm_requests_rejected_total{reason=\"queue_full\"} 1",
+            "dfastllm_forward_passes_total",
+            "dfastllm_tokens_per_forward_pass",
+            "dfastllm_batch_size_bucket{le=\"3.0\"} 1",
+            "dfastllm_gpu_memory_used_bytes",
+            "dfastllm_gpu_memory_total_bytes",
+            "dfastllm_build_info{",
+        ] {
+            assert!(text.contains(name), "missing {name} in\n{text}");
+        }
+    }
+}

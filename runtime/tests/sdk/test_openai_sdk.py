@@ -1,0 +1,206 @@
+"""The official `openai` Python SDK (and curl) against a real `dfastllm serve` process.
+
+Run by scripts/sdk-tests.sh, which installs the SDK into a cached venv, builds the
+binary, and points DFASTLLM_BIN at it.
+"""
+
+import concurrent.futures
+import json
+import os
+import re
+import subprocess
+import tempfile
+import threading
+import time
+import urllib.request
+
+import openai
+import pytest
+
+BIN = os.environ["DFASTLLM_BIN"]
+KEY = "sk-dfastllm-test"
+
+
+def wait_for(probe, check, limit=60.0, what="condition"):
+    deadline = time.monotonic() + limit
+    last = None
+    while time.monotonic() < deadline:
+        last = probe()
+        if check(last):
+            return last
+        time.sleep(0.05)
+    raise AssertionError(f"{what} not met within {limit}s; last saw {last!r}")
+
+
+def http_status(url):
+    try:
+        with urllib.request.urlopen(url, timeout=5) as r:
+            return r.status
+    except urllib.error.HTTPError as e:
+        return e.code
+    except OSError:
+        return 0
+
+
+class Server:
+    def __init__(self, arch, *extra):
+        self.dir = tempfile.TemporaryDirectory()
+        model = os.path.join(self.dir.name, arch)
+        subprocess.run([BIN, "demo-model", "--arch", arch, "--out", model, "--max-context", "512"],
+                       check=True, capture_output=True)
+        self.proc = subprocess.Popen(
+            [BIN, "serve", "--model", model, "--served-name", f"{arch}-demo", "--aliases", "gpt-3.5-turbo",
+             "--host", "127.0.0.1", "--port", "0", "--api-keys", KEY, *extra],
+            stdout=subprocess.PIPE, text=True)
+        for line in self.proc.stdout:
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue
+            if record.get("message") == "listening":
+                self.base = f"http://{record['addr']}"
+                break
+        else:
+            raise AssertionError("the server exited before listening")
+        threading.Thread(target=lambda: [None for _ in self.proc.stdout], daemon=True).start()
+        wait_for(lambda: http_status(self.base + "/readyz"), lambda s: s == 200, what="/readyz 200")
+        self.client = openai.OpenAI(base_url=self.base + "/v1", api_key=KEY, max_retries=0)
+
+    def metrics(self):
+        with urllib.request.urlopen(self.base + "/metrics") as r:
+            return r.read().decode()
+
+    def close(self):
+        self.proc.terminate()
+        self.proc.wait(timeout=60)
+        self.dir.cleanup()
+
+
+@pytest.fixture(scope="module", params=["llada", "dream"])
+def server(request):
+    s = Server(request.param, "--batch-wait-ms", "300", "--max-tokens", "16")
+    yield s
+    s.close()
+
+
+def test_completions(server):
+    r = server.client.completions.create(model="gpt-3.5-turbo", prompt="Hello", max_tokens=8, temperature=0)
+    assert r.object == "text_completion"
+    assert len(r.choices) == 1 and r.choices[0].finish_reason in ("stop", "length")
+    assert r.usage.prompt_tokens == 5
+    assert r.usage.total_tokens == r.usage.prompt_tokens + r.usage.completion_tokens
+    extra = r.model_extra["dfastllm"]
+    assert extra["forward_passes"] >= 1 and extra["steps"] >= 1
+
+
+def test_chat_multi_turn_with_system(server):
+    r = server.client.chat.completions.create(
+        model=server.client.models.list().data[0].id,
+        messages=[{"role": "system", "content": "You are terse."},
+                  {"role": "user", "content": "Hi"},
+                  {"role": "assistant", "content": "Hello."},
+                  {"role": "user", "content": "Count to 3"}],
+        max_tokens=8)
+    assert r.object == "chat.completion"
+    assert r.choices[0].message.role == "assistant"
+    assert isinstance(r.choices[0].message.content, str)
+    assert r.usage.prompt_tokens > 20
+
+
+def test_streaming_matches_non_streaming(server):
+    whole = server.client.completions.create(model="gpt-3.5-turbo", prompt="abc", max_tokens=32, temperature=0)
+    chunks = list(server.client.completions.create(model="gpt-3.5-turbo", prompt="abc", max_tokens=32,
+                                                   temperature=0, stream=True,
+                                                   stream_options={"include_usage": True}))
+    text = "".join(c.choices[0].text for c in chunks if c.choices)
+    assert text == whole.choices[0].text
+    assert chunks[-1].usage.prompt_tokens == 3
+    chat = list(server.client.chat.completions.create(model="gpt-3.5-turbo", max_tokens=8, stream=True,
+                                                      messages=[{"role": "user", "content": "Hi"}]))
+    assert chat[0].choices[0].delta.role == "assistant"
+    assert chat[-1].choices[0].finish_reason in ("stop", "length")
+
+
+def test_n_and_seeded_sampling(server):
+    r = server.client.completions.create(model="gpt-3.5-turbo", prompt="x", max_tokens=8, n=2,
+                                         temperature=1.0, seed=3)
+    assert sorted(c.index for c in r.choices) == [0, 1]
+    again = server.client.completions.create(model="gpt-3.5-turbo", prompt="x", max_tokens=8, n=2,
+                                             temperature=1.0, seed=3)
+    assert [c.text for c in r.choices] == [c.text for c in again.choices]
+
+
+def test_stop_strings(server):
+    free = server.client.completions.create(model="gpt-3.5-turbo", prompt="abc", max_tokens=16).choices[0].text
+    if len(free) >= 2:
+        stop = free[1]
+        r = server.client.completions.create(model="gpt-3.5-turbo", prompt="abc", max_tokens=16, stop=[stop])
+        assert stop not in r.choices[0].text
+        assert r.choices[0].finish_reason == "stop"
+
+
+@pytest.mark.parametrize("kwargs,param", [
+    ({"temperature": 3}, "temperature"),
+    ({"top_p": 0}, "top_p"),
+    ({"max_tokens": 0}, "max_tokens"),
+    ({"n": 9}, "n"),
+    ({"stop": ["a", "b", "c", "d", "e"]}, "stop"),
+    ({"prompt": ""}, "prompt"),
+    ({"prompt": "x" * 600}, "prompt"),
+    ({"max_tokens": 600}, "max_tokens"),
+])
+def test_bad_requests_are_400(server, kwargs, param):
+    args = {"model": "gpt-3.5-turbo", "prompt": "x", "max_tokens": 8, **kwargs}
+    with pytest.raises(openai.BadRequestError) as e:
+        server.client.completions.create(**args)
+    assert e.value.status_code == 400
+    assert e.value.body["param"] == param
+
+
+def test_unknown_model_is_404_listing_names(server):
+    with pytest.raises(openai.NotFoundError) as e:
+        server.client.completions.create(model="gpt-9", prompt="x", max_tokens=4)
+    assert "gpt-3.5-turbo" in e.value.message
+
+
+def test_bad_key_is_401(server):
+    bad = openai.OpenAI(base_url=server.base + "/v1", api_key="wrong", max_retries=0)
+    with pytest.raises(openai.AuthenticationError):
+        bad.completions.create(model="gpt-3.5-turbo", prompt="x", max_tokens=4)
+
+
+def test_body_too_large_is_413(server):
+    with pytest.raises(openai.APIStatusError) as e:
+        server.client.completions.create(model="gpt-3.5-turbo", prompt="x" * (2 << 20), max_tokens=4)
+    assert e.value.status_code == 413
+
+
+def test_concurrent_requests_are_batched(server):
+    def one(i):
+        return server.client.completions.create(model="gpt-3.5-turbo", prompt=f"request {i}", max_tokens=16)
+    before = server.metrics()
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(one, range(8)))
+    assert all(r.choices for r in results)
+    after = server.metrics()
+
+    def batched(text):
+        count = float(re.search(r"^dfastllm_batch_size_count (\S+)", text, re.M).group(1))
+        single = float(re.search(r'^dfastllm_batch_size_bucket\{le="1.0"\} (\S+)', text, re.M).group(1))
+        return count - single
+    assert batched(after) > batched(before), "some forward pass ran more than one sequence"
+
+
+def test_curl(server):
+    out = subprocess.run(["curl", "-sS", server.base + "/health"], capture_output=True, text=True, check=True)
+    assert json.loads(out.stdout)["ready"] is True
+    out = subprocess.run(
+        ["curl", "-sS", "-N", server.base + "/v1/completions", "-H", f"Authorization: Bearer {KEY}",
+         "-H", "Content-Type: application/json",
+         "-d", json.dumps({"model": "gpt-3.5-turbo", "prompt": "Hi", "max_tokens": 8, "stream": True})],
+        capture_output=True, text=True, check=True)
+    events = [l[len("data: "):] for l in out.stdout.splitlines() if l.startswith("data: ")]
+    assert events[-1] == "[DONE]"
+    out = subprocess.run(["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", server.base + "/v1/models"],
+                         capture_output=True, text=True, check=True)
+    assert out.stdout == "401"
