@@ -85,6 +85,33 @@ pub fn describe(device: &Device) -> String {
     }
 }
 
+/// The GPU behind a device, for `/health` and the memory gauges.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct GpuInfo {
+    pub name: String,
+    pub memory_used_bytes: u64,
+    pub memory_total_bytes: u64,
+}
+
+/// Name and memory of the GPU behind `device`; `None` on the CPU or when the driver
+/// cannot answer.
+pub fn gpu_info(device: &Device) -> Option<GpuInfo> {
+    #[cfg(feature = "cuda")]
+    if let Device::Cuda(cuda) = device {
+        let stream = cuda.cuda_stream();
+        let context = stream.context();
+        let name = context.name().ok()?;
+        let (free, total) = context.mem_get_info().ok()?;
+        return Some(GpuInfo {
+            name,
+            memory_used_bytes: total.saturating_sub(free) as u64,
+            memory_total_bytes: total as u64,
+        });
+    }
+    let _ = device;
+    None
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -103,6 +130,11 @@ mod tests {
         );
         assert!("cuda:x".parse::<DeviceChoice>().is_err());
         assert!("tpu".parse::<DeviceChoice>().is_err());
+    }
+
+    #[test]
+    fn the_cpu_has_no_gpu_info() {
+        assert_eq!(gpu_info(&Device::Cpu), None);
     }
 
     #[test]

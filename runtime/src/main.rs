@@ -416,7 +416,7 @@ fn load_and_schedule(
         special: model.special.clone(),
         max_context: model.model.max_context(),
         architecture: model.architecture,
-        device: device::describe(&device),
+        device: device.clone(),
     });
     scheduler.run(&model);
     Ok(())

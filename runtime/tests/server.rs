@@ -90,7 +90,7 @@ async fn start(mode: EngineMode, tweak: impl FnOnce(&mut RuntimeConfig)) -> Stac
         special: model.special.clone(),
         max_context: model.model.max_context(),
         architecture: model.architecture,
-        device: "cpu".into(),
+        device: candle_core::Device::Cpu,
     });
     let parked = match mode {
         EngineMode::Running => {
@@ -251,6 +251,7 @@ async fn completions_chat_generate_and_models() {
         .unwrap();
     assert_eq!(health["ready"], true);
     assert_eq!(health["device"], "cpu");
+    assert_eq!(health["gpu"], Value::Null);
     assert_eq!(health["queue"]["capacity"], 16);
     let ready = reqwest::get(format!("{}/readyz", stack.base))
         .await

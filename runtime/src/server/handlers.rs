@@ -530,7 +530,27 @@ pub async fn models(State(state): State<AppState>) -> Json<Value> {
     Json(json!({"object": "list", "data": data}))
 }
 
+/// Refreshes the GPU memory gauges and returns what the device reports.
+fn gpu(state: &AppState) -> Option<crate::device::GpuInfo> {
+    let gpu = state
+        .model
+        .get()
+        .and_then(|i| crate::device::gpu_info(&i.device));
+    if let Some(g) = &gpu {
+        state
+            .metrics
+            .gpu_memory_used_bytes
+            .set(g.memory_used_bytes as i64);
+        state
+            .metrics
+            .gpu_memory_total_bytes
+            .set(g.memory_total_bytes as i64);
+    }
+    gpu
+}
+
 pub async fn health(State(state): State<AppState>) -> Json<Value> {
+    let gpu = gpu(&state);
     let info = state.model.get();
     Json(json!({
         "status": "ok",
@@ -539,8 +559,8 @@ pub async fn health(State(state): State<AppState>) -> Json<Value> {
         "version": env!("CARGO_PKG_VERSION"),
         "model": state.config.served_name,
         "architecture": info.map(|i| i.architecture.name()),
-        "device": info.map(|i| i.device.clone()),
-        "gpu": null,
+        "device": info.map(|i| crate::device::describe(&i.device)),
+        "gpu": gpu,
         "uptime_seconds": state.started.elapsed().as_secs_f64(),
         "queue": {"waiting": state.engine.waiting(), "capacity": state.config.max_queue},
         "max_concurrent_requests": state.config.max_concurrent_requests,

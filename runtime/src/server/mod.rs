@@ -41,7 +41,7 @@ pub struct ModelInfo {
     pub special: SpecialTokens,
     pub max_context: usize,
     pub architecture: Architecture,
-    pub device: String,
+    pub device: candle_core::Device,
 }
 
 pub struct Inner {
