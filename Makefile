@@ -5,7 +5,7 @@ CARGO ?= cargo
 export CARGO_BUILD_JOBS ?= 2
 DEMO_DIR ?= target/demo/llada
 
-.PHONY: serve demo test test-cpu sdk cuda lint parity-fixtures bench-forward
+.PHONY: serve demo test test-cpu sdk manifests crds cuda lint parity-fixtures bench-forward
 
 serve:
 	$(CARGO) build --release -p dfastllm-runtime --bin dfastllm
@@ -17,16 +17,25 @@ demo:
 	target/release/dfastllm demo-model --arch llada --out $(DEMO_DIR)
 	target/release/dfastllm generate --model $(DEMO_DIR) --prompt "The capital of France is" --max-tokens 32 --json
 
-# Unit, parity, CLI and server tests on the CPU, the official openai SDK against a
-# real server, then the CUDA build (compiled and linked against PyPI's toolkit,
+# Unit, parity, CLI, server and operator tests on the CPU, the official openai SDK
+# against a real server, the generated CRD and the manifests (kustomize, Helm,
+# Dockerfiles), then the CUDA build (compiled and linked against PyPI's toolkit,
 # smoke-tested on the CPU: CI has no GPU).
-test: test-cpu sdk cuda
+test: test-cpu sdk manifests cuda
 
 test-cpu:
 	$(CARGO) test --workspace
 
 sdk:
 	scripts/sdk-tests.sh
+
+manifests:
+	scripts/gen-crd.sh --check
+	scripts/lint-manifests.sh
+
+# Regenerate crds/ (and its copies in config/crd and the chart) after changing crd.rs.
+crds:
+	scripts/gen-crd.sh
 
 cuda:
 	scripts/cuda/build.sh

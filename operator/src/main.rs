@@ -1,14 +1,205 @@
-//! `dfastllm-operator`: reconciles `DiffusionModel` resources (dfastllm.io/v1alpha1)
-//! into Deployments, ConfigMaps, Services and ServiceMonitors. The controller lands
-//! with the operator issue; until then the binary only says so, so that nobody
-//! mistakes it for a working operator.
+//! `dfastllm-operator`: `run` the controller, or print the `crd`.
 
+use std::net::SocketAddr;
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use axum::http::StatusCode;
+use axum::routing::get;
+use axum::Router;
+use clap::{Parser, Subcommand};
+use dfastllm_operator::leader::LeaderElection;
+use dfastllm_operator::metrics::Metrics;
+use dfastllm_operator::reconcile::{self, Context};
+use dfastllm_operator::resources::{
+    OperatorConfig, DEFAULT_RUNTIME_CPU_IMAGE, DEFAULT_RUNTIME_IMAGE,
+};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "dfastllm-operator",
+    version,
+    about = "Kubernetes operator for dfastllm DiffusionModels"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Reconcile DiffusionModels until SIGTERM.
+    Run(RunArgs),
+    /// Print the DiffusionModel CRD as YAML (what crds/ holds).
+    Crd,
+}
+
+#[derive(clap::Args, Debug)]
+struct RunArgs {
+    /// Watch one namespace only [default: all namespaces].
+    #[arg(long, env = "DFASTLLM_OPERATOR_NAMESPACE")]
+    namespace: Option<String>,
+    /// Runtime image for GPU deployments.
+    #[arg(long, env = "DFASTLLM_RUNTIME_IMAGE", default_value = DEFAULT_RUNTIME_IMAGE)]
+    runtime_image: String,
+    /// Runtime image for CPU deployments (gpu.count: 0).
+    #[arg(long, env = "DFASTLLM_RUNTIME_CPU_IMAGE", default_value = DEFAULT_RUNTIME_CPU_IMAGE)]
+    runtime_cpu_image: String,
+    /// Metrics (/metrics) and probes (/healthz, /readyz).
+    #[arg(
+        long,
+        env = "DFASTLLM_METRICS_BIND_ADDRESS",
+        default_value = "0.0.0.0:8080"
+    )]
+    metrics_bind_address: SocketAddr,
+    /// Hold a Lease before reconciling, so several replicas are safe.
+    #[arg(long, env = "DFASTLLM_LEADER_ELECTION")]
+    leader_election: bool,
+    #[arg(long, env = "DFASTLLM_LEASE_NAME", default_value = "dfastllm-operator")]
+    lease_name: String,
+    /// Namespace of the Lease [default: the pod's namespace].
+    #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
+    lease_namespace: String,
+    /// This replica's identity in the Lease [default: the pod name].
+    #[arg(long, env = "HOSTNAME", default_value = "dfastllm-operator")]
+    identity: String,
+}
+
+async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {},
+        () = term => {},
+    }
+}
+
+async fn run(args: RunArgs) -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("DFASTLLM_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .json()
+        .flatten_event(true)
+        .init();
+    let client = kube::Client::try_default()
+        .await
+        .context("connecting to the Kubernetes API")?;
+    let metrics = Arc::new(Metrics::default());
+    let ready = Arc::new(AtomicBool::new(false));
+
+    let listener = tokio::net::TcpListener::bind(args.metrics_bind_address)
+        .await
+        .with_context(|| format!("--metrics-bind-address {}", args.metrics_bind_address))?;
+    let (m, r) = (metrics.clone(), ready.clone());
+    let probes = Router::new()
+        .route("/metrics", get(move || async move { m.encode() }))
+        .route("/healthz", get(|| async { "ok" }))
+        .route(
+            "/readyz",
+            get(move || async move {
+                if r.load(Ordering::SeqCst) {
+                    (StatusCode::OK, "ready")
+                } else {
+                    (StatusCode::SERVICE_UNAVAILABLE, "waiting for leadership")
+                }
+            }),
+        );
+    tokio::spawn(async move { axum::serve(listener, probes).await });
+
+    let election = args.leader_election.then(|| {
+        LeaderElection::new(
+            client.clone(),
+            &args.lease_namespace,
+            &args.lease_name,
+            &args.identity,
+            Duration::from_secs(15),
+        )
+    });
+    if let Some(e) = &election {
+        tracing::info!(lease = %args.lease_name, identity = %args.identity, "waiting for leadership");
+        tokio::select! {
+            () = e.acquire() => {},
+            () = shutdown_signal() => return Ok(()),
+        }
+        tracing::info!("leading");
+    }
+    ready.store(true, Ordering::SeqCst);
+    let config = OperatorConfig {
+        runtime_image: args.runtime_image,
+        runtime_cpu_image: args.runtime_cpu_image,
+    };
+    let ctx = Arc::new(Context::new(client, config, metrics));
+    let lost = async move {
+        match &election {
+            Some(e) => e.hold().await,
+            None => std::future::pending().await,
+        }
+    };
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<&'static str>();
+    tokio::spawn(async move {
+        let why = tokio::select! {
+            () = shutdown_signal() => "shutdown requested",
+            () = lost => "leadership lost",
+        };
+        let _ = stop_tx.send(why);
+    });
+    let (why_tx, why_rx) = tokio::sync::oneshot::channel::<&'static str>();
+    let stop = async move {
+        let why = stop_rx.await.unwrap_or("shutdown requested");
+        tracing::info!(reason = why, "stopping the controller");
+        let _ = why_tx.send(why);
+    };
+    reconcile::run(ctx, args.namespace, stop).await;
+    if why_rx.await == Ok("leadership lost") {
+        anyhow::bail!("lost the leader lease; exiting so that a fresh start rejoins the election");
+    }
+    Ok(())
+}
 
 fn main() -> ExitCode {
-    eprintln!(
-        "dfastllm-operator {}: the controller is not implemented yet",
-        env!("CARGO_PKG_VERSION")
-    );
-    ExitCode::FAILURE
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) if !e.use_stderr() => {
+            print!("{e}");
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            let rendered = e.render().to_string();
+            let first: Vec<&str> = rendered
+                .lines()
+                .take_while(|l| !l.trim().is_empty())
+                .map(str::trim)
+                .collect();
+            eprintln!("{}", first.join(" "));
+            return ExitCode::from(2);
+        }
+    };
+    let result = match cli.command {
+        Command::Crd => dfastllm_operator::crd_yaml()
+            .map(|yaml| print!("{yaml}"))
+            .map_err(anyhow::Error::from),
+        Command::Run(args) => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .map_err(anyhow::Error::from)
+            .and_then(|rt| rt.block_on(run(args))),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
 }

@@ -59,6 +59,37 @@ pub struct DecodingSection {
     pub block_length: Option<usize>,
     pub remasking: Option<Remasking>,
     pub temperature: Option<f32>,
+    /// Fast-dLLM KV caching: none, prefix or dual.
+    pub kv_cache: Option<KvCacheMode>,
+    pub apd: Option<ApdSection>,
+    pub mor: Option<MorSection>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum KvCacheMode {
+    None,
+    Prefix,
+    Dual,
+}
+
+/// Adaptive parallel decoding, as the operator renders it from `spec.decoding.apd`.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ApdSection {
+    pub enabled: Option<bool>,
+    pub threshold: Option<f64>,
+    pub max_parallel: Option<usize>,
+}
+
+/// Mixture of recursions, as the operator renders it from `spec.decoding.mor`.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct MorSection {
+    pub enabled: Option<bool>,
+    pub min_recursions: Option<usize>,
+    pub max_recursions: Option<usize>,
+    pub confidence_threshold: Option<f64>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -130,6 +161,9 @@ pub struct RuntimeConfig {
     pub rate_limit_requests_per_minute: u32,
     pub batch_wait_ms: u64,
     pub decoding: DecodingDefaults,
+    /// Knobs the configuration turns on that this runtime does not implement yet
+    /// (APD, MoR, KV caching land with the fast-decoding work); logged at startup.
+    pub not_yet_implemented: Vec<String>,
 }
 
 /// The flag/env layer: `None` where neither was given.
@@ -208,6 +242,16 @@ impl RuntimeConfig {
         }
         let s = file.server;
         let d = file.decoding;
+        let mut not_yet_implemented = Vec::new();
+        if matches!(d.kv_cache, Some(KvCacheMode::Prefix | KvCacheMode::Dual)) {
+            not_yet_implemented.push("decoding.kv_cache".to_string());
+        }
+        if d.apd.as_ref().and_then(|a| a.enabled).unwrap_or(false) {
+            not_yet_implemented.push("decoding.apd".to_string());
+        }
+        if d.mor.as_ref().and_then(|m| m.enabled).unwrap_or(false) {
+            not_yet_implemented.push("decoding.mor".to_string());
+        }
         let cfg = Self {
             served_name,
             aliases: o.aliases.or(file.model.aliases).unwrap_or_default(),
@@ -248,6 +292,7 @@ impl RuntimeConfig {
                 remasking: o.remasking.or(d.remasking).unwrap_or_default(),
                 temperature: o.temperature.or(d.temperature).unwrap_or(0.0),
             },
+            not_yet_implemented,
             model_path,
         };
         if cfg.max_concurrent_requests == 0 {
@@ -284,6 +329,12 @@ mod tests {
         assert_eq!(cfg.decoding.gen_length, 256);
         assert_eq!(cfg.decoding.block_length, Some(32));
         assert_eq!(cfg.decoding.remasking, Remasking::LowConfidence);
+        assert_eq!(cfg.device, "cuda:0");
+        assert_eq!(cfg.rate_limit_requests_per_minute, 600);
+        assert_eq!(
+            cfg.not_yet_implemented,
+            ["decoding.kv_cache", "decoding.apd"]
+        );
     }
 
     #[test]

@@ -462,6 +462,9 @@ fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
         );
     }
     init_logging(args.log_format);
+    for knob in &cfg.not_yet_implemented {
+        tracing::warn!(knob = %knob, "set in the configuration but not implemented by this runtime version: decoding uses plain low-confidence remasking");
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;

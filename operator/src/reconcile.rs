@@ -1,0 +1,339 @@
+//! The controller: watches DiffusionModels and the children they own, and converges
+//! each resource to the objects the pure builders in [`crate::resources`] describe.
+//!
+//! Every child is written with server-side apply under one field manager, so a child
+//! edited by hand is put back at the next reconcile, and applying twice is a no-op.
+//! Conditions the operator discovers (a missing PVC, no ServiceMonitor CRD) become
+//! status, not errors: the resource is requeued to notice when they change.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Service};
+use kube::api::{Api, DynamicObject, Patch, PatchParams};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::watcher;
+use kube::{Client, Resource, ResourceExt};
+use serde::Serialize;
+use serde_json::json;
+
+use crate::crd::{DiffusionModel, DiffusionModelStatus, ModelSource};
+use crate::metrics::{ErrorLabels, Metrics};
+use crate::resources::{
+    configmap, deployment, pvc, route, service, servicemonitor, OperatorConfig,
+};
+use crate::status::{self, MonitoringState, Observed, StorageState};
+
+pub const FIELD_MANAGER: &str = "dfastllm-operator";
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{action}: {source}")]
+    Kube {
+        action: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("DiffusionModel {0} has no namespace")]
+    NoNamespace(String),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    /// The `error` label of `dfastllm_operator_reconcile_errors_total`.
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            Self::Kube { .. } => "kube",
+            Self::NoNamespace(_) => "no_namespace",
+        }
+    }
+}
+
+fn kube_err(action: impl Into<String>) -> impl FnOnce(kube::Error) -> Error {
+    let action = action.into();
+    move |source| Error::Kube { action, source }
+}
+
+/// What every reconcile shares.
+pub struct Context {
+    pub client: Client,
+    pub config: OperatorConfig,
+    pub metrics: Arc<Metrics>,
+    pub recorder: Recorder,
+}
+
+impl Context {
+    pub fn new(client: Client, config: OperatorConfig, metrics: Arc<Metrics>) -> Self {
+        let recorder = Recorder::new(client.clone(), Reporter::from(FIELD_MANAGER));
+        Self {
+            client,
+            config,
+            metrics,
+            recorder,
+        }
+    }
+}
+
+/// Server-side apply under our field manager, taking ownership of every field we set.
+async fn apply<K>(api: &Api<K>, obj: &K) -> Result<K>
+where
+    K: Resource + Clone + Serialize + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let name = obj.meta().name.clone().unwrap_or_default();
+    let kind = std::any::type_name::<K>()
+        .rsplit("::")
+        .next()
+        .unwrap_or("object");
+    api.patch(
+        &name,
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(obj),
+    )
+    .await
+    .map_err(kube_err(format!("applying {kind} {name}")))
+}
+
+async fn api_served(client: &Client, api_version: &str, plural: &str) -> bool {
+    match client.list_api_group_resources(api_version).await {
+        Ok(list) => list.resources.iter().any(|r| r.name == plural),
+        Err(_) => false,
+    }
+}
+
+async fn publish(ctx: &Context, dm: &DiffusionModel, type_: EventType, reason: &str, note: String) {
+    let event = Event {
+        type_,
+        reason: reason.into(),
+        note: Some(note),
+        action: "Reconcile".into(),
+        secondary: None,
+    };
+    if let Err(e) = ctx.recorder.publish(&event, &dm.object_ref(&())).await {
+        tracing::warn!(error = %e, "could not publish an event");
+    }
+}
+
+pub async fn reconcile(dm: Arc<DiffusionModel>, ctx: Arc<Context>) -> Result<Action> {
+    let started = Instant::now();
+    ctx.metrics.reconciles.inc();
+    let result = reconcile_inner(&dm, &ctx).await;
+    ctx.metrics
+        .reconcile_duration
+        .observe(started.elapsed().as_secs_f64());
+    result
+}
+
+async fn reconcile_inner(dm: &DiffusionModel, ctx: &Context) -> Result<Action> {
+    let name = dm.name_any();
+    let ns = dm
+        .namespace()
+        .ok_or_else(|| Error::NoNamespace(name.clone()))?;
+    let client = &ctx.client;
+    let dms: Api<DiffusionModel> = Api::namespaced(client.clone(), &ns);
+    let mut observed = Observed {
+        generation: dm.metadata.generation,
+        storage: StorageState::Ready,
+        monitoring: MonitoringState::Disabled,
+        desired_replicas: dm.spec.replicas,
+        replicas: 0,
+        ready_replicas: 0,
+        updated_replicas: 0,
+        endpoint: service::endpoint(dm),
+        invalid: None,
+    };
+    let source = match dm.spec.model.source() {
+        Ok(s) => s,
+        Err(problem) => {
+            observed.invalid = Some(problem);
+            write_status(&dms, dm, &observed).await?;
+            return Ok(Action::await_change());
+        }
+    };
+
+    // Storage: create the claim when asked to, otherwise check it exists.
+    match (&source, &dm.spec.storage) {
+        (ModelSource::Host { .. }, _) => observed.storage = StorageState::HostPath,
+        (ModelSource::Pvc { claim, .. }, Some(storage)) => {
+            let api: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), &ns);
+            apply(&api, &pvc::pvc(dm, claim, storage)).await?;
+        }
+        (ModelSource::Pvc { claim, .. }, None) => {
+            let api: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), &ns);
+            let found = api
+                .get_opt(claim)
+                .await
+                .map_err(kube_err(format!("reading PVC {claim}")))?;
+            if found.is_none() {
+                observed.storage = StorageState::Missing {
+                    claim: claim.clone(),
+                };
+            }
+        }
+    }
+
+    let runtime_toml = configmap::runtime_toml(dm);
+    let hash = configmap::config_hash(&runtime_toml);
+    apply(
+        &Api::<ConfigMap>::namespaced(client.clone(), &ns),
+        &configmap::config_map(dm),
+    )
+    .await?;
+    apply(
+        &Api::<Service>::namespaced(client.clone(), &ns),
+        &service::service(dm),
+    )
+    .await?;
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
+    let existing = deployments
+        .get_opt(&name)
+        .await
+        .map_err(kube_err(format!("reading Deployment {name}")))?;
+    let previous_hash = existing
+        .as_ref()
+        .and_then(|d| d.spec.as_ref())
+        .and_then(|s| s.template.metadata.as_ref())
+        .and_then(|m| m.annotations.as_ref())
+        .and_then(|a| a.get(crate::resources::CONFIG_HASH_ANNOTATION).cloned());
+    let applied = apply(
+        &deployments,
+        &deployment::deployment(dm, &ctx.config, &source, &hash),
+    )
+    .await?;
+    match previous_hash {
+        None => {
+            publish(
+                ctx,
+                dm,
+                EventType::Normal,
+                "Created",
+                format!("created Deployment {name}"),
+            )
+            .await
+        }
+        Some(h) if h != hash => {
+            publish(
+                ctx,
+                dm,
+                EventType::Normal,
+                "ConfigChanged",
+                format!("runtime.toml changed ({h} -> {hash}): rolling the pods"),
+            )
+            .await
+        }
+        _ => {}
+    }
+    if let Some(st) = applied.status {
+        observed.replicas = st.replicas.unwrap_or(0);
+        observed.ready_replicas = st.ready_replicas.unwrap_or(0);
+        observed.updated_replicas = st.updated_replicas.unwrap_or(0);
+    }
+
+    if dm.spec.monitoring.service_monitor {
+        if api_served(client, "monitoring.coreos.com/v1", "servicemonitors").await {
+            let api: Api<DynamicObject> =
+                Api::namespaced_with(client.clone(), &ns, &servicemonitor::api_resource());
+            apply(&api, &servicemonitor::service_monitor(dm)).await?;
+            observed.monitoring = MonitoringState::Created;
+        } else {
+            observed.monitoring = MonitoringState::CrdMissing;
+        }
+    }
+    if dm.spec.route.enabled && api_served(client, "route.openshift.io/v1", "routes").await {
+        let api: Api<DynamicObject> =
+            Api::namespaced_with(client.clone(), &ns, &route::api_resource());
+        apply(&api, &route::route(dm)).await?;
+    }
+
+    write_status(&dms, dm, &observed).await?;
+    // Things no watch reports (a PVC appearing, a CRD being installed) are polled.
+    let waiting_on_cluster = matches!(observed.storage, StorageState::Missing { .. })
+        || observed.monitoring == MonitoringState::CrdMissing;
+    Ok(Action::requeue(if waiting_on_cluster {
+        Duration::from_secs(15)
+    } else {
+        Duration::from_secs(300)
+    }))
+}
+
+/// Writes the status only when it changed.
+async fn write_status(
+    api: &Api<DiffusionModel>,
+    dm: &DiffusionModel,
+    observed: &Observed,
+) -> Result<()> {
+    let new: DiffusionModelStatus =
+        status::compute(dm.status.as_ref(), observed, jiff::Timestamp::now());
+    if dm.status.as_ref() == Some(&new) {
+        return Ok(());
+    }
+    let name = dm.name_any();
+    api.patch_status(
+        &name,
+        &PatchParams::default(),
+        &Patch::Merge(json!({ "status": new })),
+    )
+    .await
+    .map_err(kube_err(format!("writing the status of {name}")))?;
+    Ok(())
+}
+
+/// Exponential backoff per failure streak is kube-runtime's job; we wait a short,
+/// fixed time and count the failure by kind.
+pub fn error_policy(dm: Arc<DiffusionModel>, error: &Error, ctx: Arc<Context>) -> Action {
+    tracing::warn!(name = %dm.name_any(), namespace = ?dm.namespace(), error = %error, "reconcile failed");
+    ctx.metrics
+        .reconcile_errors
+        .get_or_create(&ErrorLabels {
+            error: error.metric_label().into(),
+        })
+        .inc();
+    let (ctx, dm, note) = (ctx.clone(), dm.clone(), error.to_string());
+    tokio::spawn(
+        async move { publish(&ctx, &dm, EventType::Warning, "ReconcileFailed", note).await },
+    );
+    Action::requeue(Duration::from_secs(10))
+}
+
+/// Runs the controller until `shutdown` resolves.
+pub async fn run(
+    ctx: Arc<Context>,
+    namespace: Option<String>,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) {
+    let client = ctx.client.clone();
+    let (dms, deployments, config_maps, services) = match &namespace {
+        Some(ns) => (
+            Api::<DiffusionModel>::namespaced(client.clone(), ns),
+            Api::<Deployment>::namespaced(client.clone(), ns),
+            Api::<ConfigMap>::namespaced(client.clone(), ns),
+            Api::<Service>::namespaced(client.clone(), ns),
+        ),
+        None => (
+            Api::all(client.clone()),
+            Api::all(client.clone()),
+            Api::all(client.clone()),
+            Api::all(client.clone()),
+        ),
+    };
+    let owned =
+        || watcher::Config::default().labels("app.kubernetes.io/managed-by=dfastllm-operator");
+    Controller::new(dms, watcher::Config::default())
+        .owns(deployments, owned())
+        .owns(config_maps, owned())
+        .owns(services, owned())
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile, error_policy, ctx)
+        .for_each(|result| async move {
+            match result {
+                Ok((obj, _)) => {
+                    tracing::debug!(name = %obj.name, namespace = ?obj.namespace, "reconciled")
+                }
+                Err(e) => tracing::debug!(error = %e, "reconcile loop"),
+            }
+        })
+        .await;
+}
