@@ -6,7 +6,8 @@
 //! Conditions the operator discovers (a missing PVC, no ServiceMonitor CRD) become
 //! status, not errors: the resource is requeued to notice when they change.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
@@ -64,6 +65,18 @@ pub struct Context {
     pub config: OperatorConfig,
     pub metrics: Arc<Metrics>,
     pub recorder: Recorder,
+    /// Consecutive failures per resource (`namespace/name`), for exponential backoff.
+    failures: Mutex<HashMap<String, u32>>,
+}
+
+/// Delay before retrying after the `n`-th consecutive failure: 5 s doubling to 5 min.
+pub fn backoff(failures: u32) -> Duration {
+    let seconds = 5u64.saturating_mul(1u64 << failures.saturating_sub(1).min(10));
+    Duration::from_secs(seconds.min(300))
+}
+
+fn key(dm: &DiffusionModel) -> String {
+    format!("{}/{}", dm.namespace().unwrap_or_default(), dm.name_any())
 }
 
 impl Context {
@@ -74,6 +87,7 @@ impl Context {
             config,
             metrics,
             recorder,
+            failures: Mutex::new(HashMap::new()),
         }
     }
 }
@@ -121,6 +135,12 @@ pub async fn reconcile(dm: Arc<DiffusionModel>, ctx: Arc<Context>) -> Result<Act
     let started = Instant::now();
     ctx.metrics.reconciles.inc();
     let result = reconcile_inner(&dm, &ctx).await;
+    if result.is_ok() {
+        ctx.failures
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&key(&dm));
+    }
     ctx.metrics
         .reconcile_duration
         .observe(started.elapsed().as_secs_f64());
@@ -281,9 +301,15 @@ async fn write_status(
     Ok(())
 }
 
-/// Exponential backoff per failure streak is kube-runtime's job; we wait a short,
-/// fixed time and count the failure by kind.
+/// Counts the failure by kind, reports it as an event, and retries with exponential
+/// backoff per resource (reset by the next success).
 pub fn error_policy(dm: Arc<DiffusionModel>, error: &Error, ctx: Arc<Context>) -> Action {
+    let streak = {
+        let mut failures = ctx.failures.lock().unwrap_or_else(|p| p.into_inner());
+        let n = failures.entry(key(&dm)).or_insert(0);
+        *n = n.saturating_add(1);
+        *n
+    };
     tracing::warn!(name = %dm.name_any(), namespace = ?dm.namespace(), error = %error, "reconcile failed");
     ctx.metrics
         .reconcile_errors
@@ -295,7 +321,7 @@ pub fn error_policy(dm: Arc<DiffusionModel>, error: &Error, ctx: Arc<Context>) -
     tokio::spawn(
         async move { publish(&ctx, &dm, EventType::Warning, "ReconcileFailed", note).await },
     );
-    Action::requeue(Duration::from_secs(10))
+    Action::requeue(backoff(streak))
 }
 
 /// Runs the controller until `shutdown` resolves.
@@ -336,4 +362,16 @@ pub async fn run(
             }
         })
         .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_from_5_seconds_to_5_minutes() {
+        let delays: Vec<u64> = (1..=9).map(|n| backoff(n).as_secs()).collect();
+        assert_eq!(delays, [5, 10, 20, 40, 80, 160, 300, 300, 300]);
+        assert_eq!(backoff(u32::MAX).as_secs(), 300);
+    }
 }

@@ -43,10 +43,10 @@ def http_status(url):
 
 
 class Server:
-    def __init__(self, arch, *extra):
+    def __init__(self, arch, *extra, demo_args=()):
         self.dir = tempfile.TemporaryDirectory()
         model = os.path.join(self.dir.name, arch)
-        subprocess.run([BIN, "demo-model", "--arch", arch, "--out", model, "--max-context", "512"],
+        subprocess.run([BIN, "demo-model", "--arch", arch, "--out", model, "--max-context", "512", *demo_args],
                        check=True, capture_output=True)
         self.proc = subprocess.Popen(
             [BIN, "serve", "--model", model, "--served-name", f"{arch}-demo", "--aliases", "gpt-3.5-turbo",
@@ -204,3 +204,52 @@ def test_curl(server):
     out = subprocess.run(["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", server.base + "/v1/models"],
                          capture_output=True, text=True, check=True)
     assert out.stdout == "401"
+
+
+def test_rate_limit_is_429():
+    s = Server("llada", "--rate-limit-rpm", "2")
+    try:
+        for _ in range(2):
+            s.client.completions.create(model="gpt-3.5-turbo", prompt="x", max_tokens=4)
+        with pytest.raises(openai.RateLimitError) as e:
+            s.client.completions.create(model="gpt-3.5-turbo", prompt="x", max_tokens=4)
+        assert e.value.status_code == 429
+        assert e.value.response.headers.get("retry-after")
+    finally:
+        s.close()
+
+
+def test_timeout_is_504_and_draining_is_503():
+    # A 4-layer, 256-wide demo model: 500 decoding steps take several seconds on this
+    # machine, far past a 1 s request timeout.
+    s = Server("llada", "--request-timeout-seconds", "1", "--shutdown-grace-seconds", "60",
+               demo_args=("--layers", "4", "--hidden", "256", "--heads", "8"))
+    try:
+        with pytest.raises(openai.APIStatusError) as e:
+            s.client.completions.create(model="gpt-3.5-turbo", prompt="x", max_tokens=500,
+                                        extra_body={"block_length": 4})
+        assert e.value.status_code == 504
+    finally:
+        s.close()
+
+    s = Server("llada", "--shutdown-grace-seconds", "60",
+               demo_args=("--layers", "4", "--hidden", "256", "--heads", "8"))
+    try:
+        results = {}
+        long = threading.Thread(target=lambda: results.setdefault(
+            "r", s.client.completions.create(model="gpt-3.5-turbo", prompt="x", max_tokens=400,
+                                             extra_body={"block_length": 8})))
+        long.start()
+        running = re.compile(r"^dfastllm_requests_running (\S+)", re.M)
+        wait_for(lambda: float(running.search(s.metrics()).group(1)), lambda v: v == 1.0,
+                 what="the long request running")
+        s.proc.terminate()
+        wait_for(lambda: http_status(s.base + "/readyz"), lambda c: c == 503, what="/readyz 503 while draining")
+        with pytest.raises(openai.APIStatusError) as e:
+            s.client.completions.create(model="gpt-3.5-turbo", prompt="y", max_tokens=4)
+        assert e.value.status_code == 503
+        long.join(timeout=120)
+        assert results["r"].choices, "the in-flight request completed during the drain"
+        assert s.proc.wait(timeout=60) == 0
+    finally:
+        s.dir.cleanup()
