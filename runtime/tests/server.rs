@@ -175,6 +175,31 @@ async fn eventually<T: std::fmt::Debug>(
     }
 }
 
+/// Sends a completion request in the background; resolves to its status and body.
+fn spawn_completion(stack: &Stack, body: Value) -> tokio::task::JoinHandle<(u16, Value)> {
+    let url = format!("{}/v1/completions", stack.base);
+    tokio::spawn(async move {
+        let r = reqwest::Client::new()
+            .post(url)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(Value::Null))
+    })
+}
+
+/// Waits until `n` sequences sit in the engine's admission queue.
+async fn wait_queued(stack: &Stack, n: usize) {
+    eventually(
+        Duration::from_secs(10),
+        async || stack.state.engine.waiting(),
+        |w| *w == n,
+    )
+    .await;
+}
+
 fn assert_error(status: u16, body: &Value, expected: u16, kind: &str) {
     assert_eq!(status, expected, "{body}");
     assert_eq!(body["error"]["type"], kind, "{body}");
@@ -504,23 +529,8 @@ async fn a_full_queue_is_429_and_a_stuck_request_is_504() {
         c.request_timeout_seconds = 1;
     })
     .await;
-    let base = stack.base.clone();
-    let stuck = tokio::spawn(async move {
-        let r = reqwest::Client::new()
-            .post(format!("{base}/v1/completions"))
-            .json(&json!({"prompt": "x"}))
-            .send()
-            .await
-            .unwrap();
-        let status = r.status().as_u16();
-        (status, r.json::<Value>().await.unwrap())
-    });
-    eventually(
-        Duration::from_secs(10),
-        async || stack.state.engine.waiting(),
-        |w| *w == 1,
-    )
-    .await;
+    let stuck = spawn_completion(&stack, json!({"prompt": "x"}));
+    wait_queued(&stack, 1).await;
     let (status, body) = stack.post("/v1/completions", json!({"prompt": "y"})).await;
     assert_error(status, &body, 429, "rate_limit_error");
     assert_eq!(body["error"]["code"], "queue_full");
@@ -531,23 +541,8 @@ async fn a_full_queue_is_429_and_a_stuck_request_is_504() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn not_ready_and_draining_are_503() {
     let mut stack = start(EngineMode::Stalled, |c| c.request_timeout_seconds = 2).await;
-    let base = stack.base.clone();
-    let in_flight = tokio::spawn(async move {
-        reqwest::Client::new()
-            .post(format!("{base}/v1/completions"))
-            .json(&json!({"prompt": "x"}))
-            .send()
-            .await
-            .unwrap()
-            .status()
-            .as_u16()
-    });
-    eventually(
-        Duration::from_secs(10),
-        async || stack.state.engine.waiting(),
-        |w| *w == 1,
-    )
-    .await;
+    let in_flight = spawn_completion(&stack, json!({"prompt": "x"}));
+    wait_queued(&stack, 1).await;
     let _ = stack.shutdown.take().unwrap().send(());
     let readyz = eventually(
         Duration::from_secs(10),
@@ -566,39 +561,27 @@ async fn not_ready_and_draining_are_503() {
     assert_error(status, &body, 503, "service_unavailable_error");
     // The in-flight request is not cut off by the shutdown: it ends on its own (here by
     // its timeout, the engine being stalled), and only then does the server stop.
-    assert_eq!(in_flight.await.unwrap(), 504);
+    assert_eq!(in_flight.await.unwrap().0, 504);
     stack.server.await.unwrap().unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_requests_share_forward_passes() {
     let mut stack = start(EngineMode::Manual, |_| {}).await;
-    let mut requests = Vec::new();
-    for i in 0..4 {
-        let base = stack.base.clone();
-        requests.push(tokio::spawn(async move {
-            let body = json!({"prompt": format!("prompt {i}"), "max_tokens": 16});
-            reqwest::Client::new()
-                .post(format!("{base}/v1/completions"))
-                .json(&body)
-                .send()
-                .await
-                .unwrap()
-                .status()
-                .as_u16()
-        }));
-    }
+    let requests: Vec<_> = (0..4)
+        .map(|i| {
+            spawn_completion(
+                &stack,
+                json!({"prompt": format!("prompt {i}"), "max_tokens": 16}),
+            )
+        })
+        .collect();
     // All four wait in the queue before the scheduler starts: its first iteration
     // admits them together.
-    eventually(
-        Duration::from_secs(10),
-        async || stack.state.engine.waiting(),
-        |w| *w == 4,
-    )
-    .await;
+    wait_queued(&stack, 4).await;
     stack.start_scheduler();
     for r in requests {
-        assert_eq!(r.await.unwrap(), 200);
+        assert_eq!(r.await.unwrap().0, 200);
     }
     let metrics = stack.metrics().await;
     let batched = metric(&metrics, "dfastllm_batch_size_count")
