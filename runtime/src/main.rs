@@ -25,6 +25,10 @@ use dfastllm::tokenizer::ChatMessage;
     about = "Serve and run diffusion language models"
 )]
 struct Cli {
+    /// CPU threads for tensor kernels [default: every core]. Tiny models run faster on
+    /// fewer threads, where dispatch costs more than the arithmetic.
+    #[arg(long, global = true, env = "DFASTLLM_THREADS")]
+    threads: Option<usize>,
     #[command(subcommand)]
     command: Command,
 }
@@ -527,6 +531,15 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if let Some(threads) = cli.threads {
+        if threads == 0 {
+            eprintln!("error: --threads must be at least 1");
+            return ExitCode::from(2);
+        }
+        // Read by candle's CPU kernels and by rayon's pool, which starts lazily: set
+        // before any tensor work or thread exists.
+        std::env::set_var("RAYON_NUM_THREADS", threads.to_string());
+    }
     let result = match cli.command {
         Command::Serve(args) => run_serve(*args),
         Command::Generate(args) => run_generate(args),

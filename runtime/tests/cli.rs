@@ -173,6 +173,8 @@ fn generate_with_chat_template_and_token_ids() {
     assert_eq!(ids.len(), 1 + (1 + 4 + 1 + 2) + 2 + 1 + (1 + 9 + 1 + 2));
 
     let o = dfastllm(&[
+        "--threads",
+        "1",
         "generate",
         "--model",
         model,
@@ -248,6 +250,18 @@ fn errors_are_one_line_and_fail() {
     let o = dfastllm(&["generate", "--model", model]);
     assert_eq!(o.status.code(), Some(2));
     assert!(stderr_line(&o).contains("--prompt"));
+
+    let o = dfastllm(&[
+        "--threads",
+        "0",
+        "generate",
+        "--model",
+        model,
+        "--prompt",
+        "x",
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr_line(&o).contains("--threads"));
 
     let o = dfastllm(&["demo-model", "--arch", "gpt5", "--out", "/tmp/x"]);
     assert_eq!(o.status.code(), Some(2));
