@@ -10,7 +10,9 @@ file=diffusionmodels.dfastllm.io.yaml
 targets=(crds/$file config/crd/bases/$file charts/dfastllm-operator/crds/$file)
 tmp=$(mktemp)
 trap 'rm -f "$tmp"' EXIT
-cargo run --quiet -p dfastllm-operator -- crd >"$tmp"
+# Built as `cargo test --workspace` builds it, so CI recompiles nothing.
+cargo test --workspace --no-run --quiet
+target/debug/dfastllm-operator crd >"$tmp"
 if [[ ${1:-} == --check ]]; then
     for t in "${targets[@]}"; do
         if ! cmp -s "$tmp" "$t"; then

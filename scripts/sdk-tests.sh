@@ -15,5 +15,7 @@ if [[ ! -f $VENV/.installed ]]; then
     touch "$VENV/.installed"
 fi
 
-cargo build -p dfastllm-runtime --bin dfastllm
+# The same build as `cargo test --workspace` (same feature set, so nothing recompiles
+# after the Rust tests); it leaves the binary at target/debug/dfastllm.
+cargo test --workspace --no-run --quiet
 DFASTLLM_BIN=$PWD/target/debug/dfastllm "$VENV/bin/python" -m pytest -q runtime/tests/sdk "$@"
