@@ -13,7 +13,7 @@ use dfastllm::generation::Generator;
 use dfastllm::metrics::Metrics;
 use dfastllm::models::{Architecture, DTypeChoice, LoadedModel};
 use dfastllm::server::{serve, AppState, ModelInfo};
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use serde_json::{json, Value};
 
 #[derive(Clone, Copy, PartialEq)]
@@ -450,6 +450,14 @@ async fn api_keys_and_rate_limits() {
     let client = reqwest::Client::new();
     let url = format!("{}/v1/completions", stack.base);
     let body = json!({"prompt": "x", "max_tokens": 4});
+    let with_key = |key: &'static str| {
+        client
+            .post(&url)
+            .bearer_auth(key)
+            .json(&body)
+            .send()
+            .map(Result::unwrap)
+    };
     let r = client.post(&url).json(&body).send().await.unwrap();
     assert_eq!(r.headers()["www-authenticate"], "Bearer");
     let status = r.status().as_u16();
@@ -459,31 +467,13 @@ async fn api_keys_and_rate_limits() {
         401,
         "authentication_error",
     );
-    let r = client
-        .post(&url)
-        .bearer_auth("wrong")
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
+    let r = with_key("wrong").await;
     assert_eq!(r.status(), 401);
     for _ in 0..2 {
-        let r = client
-            .post(&url)
-            .bearer_auth("secret")
-            .json(&body)
-            .send()
-            .await
-            .unwrap();
+        let r = with_key("secret").await;
         assert_eq!(r.status(), 200);
     }
-    let r = client
-        .post(&url)
-        .bearer_auth("secret")
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
+    let r = with_key("secret").await;
     assert!(r.headers().contains_key("retry-after"));
     let status = r.status().as_u16();
     assert_error(status, &r.json().await.unwrap(), 429, "rate_limit_error");
