@@ -5,7 +5,7 @@ CARGO ?= cargo
 export CARGO_BUILD_JOBS ?= 2
 DEMO_DIR ?= target/demo/llada
 
-.PHONY: serve demo test test-cpu sdk manifests crds cuda lint parity-fixtures bench-forward
+.PHONY: serve demo test prefetch test-cpu sdk manifests e2e crds cuda lint parity-fixtures bench-forward
 
 serve:
 	$(CARGO) build --release -p dfastllm-runtime --bin dfastllm
@@ -19,9 +19,15 @@ demo:
 
 # Unit, parity, CLI, server and operator tests on the CPU, the official openai SDK
 # against a real server, the generated CRD and the manifests (kustomize, Helm,
-# Dockerfiles), then the CUDA build (compiled and linked against PyPI's toolkit,
-# smoke-tested on the CPU: CI has no GPU).
-test: test-cpu sdk manifests cuda
+# Dockerfiles), the end-to-end suite on a real control plane, then the CUDA build
+# (compiled and linked against PyPI's toolkit, smoke-tested on the CPU: CI has no GPU).
+# `prefetch` starts the Go build of the control plane in the background (cache miss
+# only), where it uses the CPU the Rust build leaves idle.
+test: prefetch
+	$(MAKE) test-cpu sdk manifests e2e cuda
+
+prefetch:
+	e2e/scripts/build-control-plane.sh --background >/dev/null
 
 test-cpu:
 	$(CARGO) test --workspace
@@ -32,6 +38,11 @@ sdk:
 manifests:
 	scripts/gen-crd.sh --check
 	scripts/lint-manifests.sh
+
+# A real kube-apiserver, etcd, controller manager, scheduler and kwok GPU nodes, built
+# from Go modules into ~/.cache/dfastllm/e2e/ (cold: minutes; warm: instant).
+e2e:
+	e2e/scripts/run.sh
 
 # Regenerate crds/ (and its copies in config/crd and the chart) after changing crd.rs.
 crds:

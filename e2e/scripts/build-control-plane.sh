@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Build the control-plane binaries used by the dfastllm end-to-end tests
-# (etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kwok)
+# (etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kubectl, kwok,
+# and helm through scripts/tools/helm.sh)
 # from Go modules only, i.e. through the Go module proxy (GOPROXY). No release
 # tarballs and no container images are needed.
 #
@@ -22,12 +23,18 @@
 #   DFASTLLM_E2E_K8S_VERSION       k8s.io/kubernetes tag   (default below)
 #   DFASTLLM_E2E_ETCD_VERSION      go.etcd.io/etcd/server/v3 tag (default below)
 #   DFASTLLM_E2E_KWOK_VERSION      sigs.k8s.io/kwok tag    (default below)
-#   DFASTLLM_E2E_GO_JOBS           go build -p / GOMAXPROCS (default 1, keeps
-#                                  the machine usable for concurrent Rust builds)
+#   DFASTLLM_E2E_GO_JOBS           go build -p / GOMAXPROCS (default: nproc; the
+#                                  build runs at nice 19, so a concurrent cargo
+#                                  build still gets the CPU first)
 #   DFASTLLM_E2E_GO_VERBOSE=1      pass -v to go get / go build
 #
-# Usage: build-control-plane.sh [--force] [--print-key]
+# Usage: build-control-plane.sh [--force] [--print-key] [--background]
+#   --background  on a cache miss, build detached at nice 19 (log: <key>/build.log) and
+#                 return at once; `make test` starts it first so the Go build uses the
+#                 CPU the Rust build leaves idle. A later foreground call waits for it
+#                 (flock) and reports any failure itself.
 set -euo pipefail
+SCRIPT_DIR="$(cd "$(dirname "$0")" && pwd)"
 
 K8S_VERSION="${DFASTLLM_E2E_K8S_VERSION:-v1.36.3}"
 ETCD_VERSION="${DFASTLLM_E2E_ETCD_VERSION:-v3.6.16}"
@@ -37,7 +44,7 @@ K8S_MODULE="k8s.io/kubernetes"
 ETCD_MODULE="go.etcd.io/etcd/server/v3"   # its module root is the etcd `main` package
 KWOK_MODULE="sigs.k8s.io/kwok"
 
-GO_JOBS="${DFASTLLM_E2E_GO_JOBS:-1}"
+GO_JOBS="${DFASTLLM_E2E_GO_JOBS:-$(nproc 2>/dev/null || echo 2)}"
 
 VERSION_KEY="k8s-${K8S_VERSION}_etcd-${ETCD_VERSION}_kwok-${KWOK_VERSION}"
 CACHE_ROOT="${DFASTLLM_CACHE:-$HOME/.cache/dfastllm}"
@@ -46,15 +53,17 @@ BIN_DIR="${WORK_ROOT}/bin"
 SRC_DIR="${WORK_ROOT}/src"
 STAGES_DIR="${WORK_ROOT}/kwok-stages"
 MARKER="${WORK_ROOT}/.complete"
-ALL_BINARIES=(etcd kube-apiserver kube-controller-manager kube-scheduler kwok)
+ALL_BINARIES=(etcd kube-apiserver kube-controller-manager kube-scheduler kubectl kwok helm)
 
 log() { printf '[build-control-plane] %s\n' "$*" >&2; }
 die() { printf '[build-control-plane] ERROR: %s\n' "$*" >&2; exit 1; }
 
 FORCE=0
+BACKGROUND=0
 for arg in "$@"; do
   case "$arg" in
     -f|--force) FORCE=1 ;;
+    --background) BACKGROUND=1 ;;
     --print-key) echo "$VERSION_KEY"; exit 0 ;;
     -h|--help) sed -n '2,29p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) die "unknown argument: $arg (try --help)" ;;
@@ -77,6 +86,12 @@ if [[ $FORCE -eq 0 && -f "$MARKER" ]] && all_present; then
 fi
 
 # ---- slow path ---------------------------------------------------------------
+if [[ $BACKGROUND -eq 1 ]]; then
+  mkdir -p "$WORK_ROOT"
+  log "cache miss: building in the background (log: ${WORK_ROOT}/build.log)"
+  setsid nohup "$0" >"${WORK_ROOT}/build.log" 2>&1 </dev/null &
+  exit 0
+fi
 command -v go >/dev/null 2>&1 || die "the 'go' command is not on PATH; it is required to build ${VERSION_KEY}"
 mkdir -p "$BIN_DIR" "$SRC_DIR"
 
@@ -269,6 +284,14 @@ component_done() {
 
 START=$SECONDS
 
+# ---- helm (shared with the manifest lint, which caches it under tools/) ----------
+if component_done helm; then
+  log "[helm] present, skipping"
+else
+  HELM_BIN="$("${SCRIPT_DIR}/../../scripts/tools/helm.sh" | tail -n1)" || die "scripts/tools/helm.sh failed"
+  ln -sf "$HELM_BIN" "${BIN_DIR}/helm"
+fi
+
 # ---- etcd --------------------------------------------------------------------
 if component_done etcd; then
   log "[etcd] present, skipping"
@@ -290,7 +313,7 @@ else
 fi
 
 # ---- Kubernetes --------------------------------------------------------------
-if component_done kube-apiserver kube-controller-manager kube-scheduler; then
+if component_done kube-apiserver kube-controller-manager kube-scheduler kubectl; then
   log "[k8s] present, skipping"
 else
   [[ "$K8S_VERSION" =~ ^v1\.([0-9]+)\.([0-9]+)$ ]] || die "K8S version must look like v1.X.Y, got ${K8S_VERSION}"
@@ -308,8 +331,10 @@ else
     "selinux,notest,grpcnotrace" \
     "kube-apiserver=${K8S_MODULE}/cmd/kube-apiserver" \
     "kube-controller-manager=${K8S_MODULE}/cmd/kube-controller-manager" \
-    "kube-scheduler=${K8S_MODULE}/cmd/kube-scheduler"
+    "kube-scheduler=${K8S_MODULE}/cmd/kube-scheduler" \
+    "kubectl=${K8S_MODULE}/cmd/kubectl"
 fi
+
 
 # ---- kwok stages ---------------------------------------------------------------
 log "[kwok] copying Stage YAMLs to ${STAGES_DIR}"
@@ -330,7 +355,9 @@ check_version etcd "${ETCD_VERSION#v}" --version
 check_version kube-apiserver "$K8S_VERSION" --version
 check_version kube-controller-manager "$K8S_VERSION" --version
 check_version kube-scheduler "$K8S_VERSION" --version
+check_version kubectl "$K8S_VERSION" version --client
 check_version kwok "$KWOK_VERSION" --version
+check_version helm "v3." version --short
 
 {
   echo "key=${VERSION_KEY}"

@@ -90,6 +90,30 @@ impl LeaderElection {
         }
     }
 
+    /// Gives the lease up on a clean shutdown, so a standby takes over at its next try
+    /// instead of waiting out the lease duration. Does nothing unless we hold it.
+    pub async fn release(&self) -> Result<(), kube::Error> {
+        let Some(mut lease) = self.api.get_opt(&self.name).await? else {
+            return Ok(());
+        };
+        let spec = lease.spec.get_or_insert_with(LeaseSpec::default);
+        if spec.holder_identity.as_deref() != Some(self.identity.as_str()) {
+            return Ok(());
+        }
+        spec.holder_identity = None;
+        spec.renew_time = None;
+        match self
+            .api
+            .replace(&self.name, &PostParams::default(), &lease)
+            .await
+        {
+            Ok(_) => Ok(()),
+            // Someone else wrote it in between: it is not ours to release any more.
+            Err(kube::Error::Api(e)) if e.code == 409 => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Waits until this replica holds the lease.
     pub async fn acquire(&self) {
         loop {

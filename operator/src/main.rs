@@ -118,13 +118,13 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     tokio::spawn(async move { axum::serve(listener, probes).await });
 
     let election = args.leader_election.then(|| {
-        LeaderElection::new(
+        Arc::new(LeaderElection::new(
             client.clone(),
             &args.lease_namespace,
             &args.lease_name,
             &args.identity,
             Duration::from_secs(15),
-        )
+        ))
     });
     if let Some(e) = &election {
         tracing::info!(lease = %args.lease_name, identity = %args.identity, "waiting for leadership");
@@ -140,8 +140,9 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         runtime_cpu_image: args.runtime_cpu_image,
     };
     let ctx = Arc::new(Context::new(client, config, metrics));
+    let held = election.clone();
     let lost = async move {
-        match &election {
+        match &held {
             Some(e) => e.hold().await,
             None => std::future::pending().await,
         }
@@ -163,6 +164,12 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     reconcile::run(ctx, args.namespace, stop).await;
     if why_rx.await == Ok("leadership lost") {
         anyhow::bail!("lost the leader lease; exiting so that a fresh start rejoins the election");
+    }
+    if let Some(e) = &election {
+        match e.release().await {
+            Ok(()) => tracing::info!("released the leader lease"),
+            Err(err) => tracing::warn!(error = %err, "could not release the leader lease"),
+        }
     }
     Ok(())
 }
