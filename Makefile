@@ -4,13 +4,29 @@
 CARGO ?= cargo
 export CARGO_BUILD_JOBS ?= 2
 DEMO_DIR ?= target/demo/llada
+# The bundled trained model (scripts/train/) and its held-out eval set.
+MODEL_DIR ?= models/dfastllm-tiny-llada
+EVAL_DATA ?= models/eval/tasks-heldout.jsonl
 
-.PHONY: serve demo test prefetch test-cpu sdk manifests e2e crds cuda lint parity-fixtures bench-forward
+.PHONY: serve eval train-tiny eval-reference demo test prefetch test-cpu sdk manifests e2e crds cuda lint parity-fixtures bench-forward
 
 serve:
 	$(CARGO) build --release -p dfastllm-runtime --bin dfastllm
-	test -f $(DEMO_DIR)/config.json || target/release/dfastllm demo-model --arch llada --out $(DEMO_DIR)
-	target/release/dfastllm serve --model $(DEMO_DIR) --served-name llada-demo --port 8000 --log-format text
+	target/release/dfastllm serve --model $(MODEL_DIR) --served-name dfastllm-tiny --port 8000 --log-format text --apd threshold --kv-cache dual
+
+# Every decoding strategy on the bundled model's held-out set (docs/decoding.md).
+eval:
+	$(CARGO) build --release -p dfastllm-runtime --bin dfastllm
+	target/release/dfastllm --threads 2 eval --model $(MODEL_DIR) --data $(EVAL_DATA) \
+		--strategies baseline,threshold,factor,mor,threshold+mor --kv-cache none,prefix,dual
+
+# Our baseline against LLaDA's reference decoding in transformers (same answers, speed).
+eval-reference:
+	scripts/eval/reference_side_by_side.sh $(MODEL_DIR) $(EVAL_DATA)
+
+# Retrain the bundled models (PyTorch on the CPU, about 30 minutes on 2 cores).
+train-tiny:
+	scripts/train/train.sh
 
 demo:
 	$(CARGO) build --release -p dfastllm-runtime --bin dfastllm

@@ -242,12 +242,38 @@ pub enum KvCache {
     Dual,
 }
 
-/// Adaptive parallel decoding: commit every position at least this confident.
+/// APD's commit rule (docs/decoding.md).
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ApdMode {
+    /// Commit every position at least `threshold` confident (Fast-dLLM).
+    #[default]
+    Threshold,
+    /// Commit the n-th most confident while its confidence is at least 1 - factor/(n+1).
+    Factor,
+}
+
+impl ApdMode {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Threshold => "threshold",
+            Self::Factor => "factor",
+        }
+    }
+}
+
+/// Adaptive parallel decoding: commit several confident positions per step.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ApdSpec {
     #[serde(default = "yes")]
     pub enabled: bool,
+    #[serde(default)]
+    pub mode: ApdMode,
+    /// Fast-dLLM's factor f (mode factor), a decimal string > 0.
+    #[serde(default = "default_apd_factor")]
+    #[schemars(regex(pattern = r"^(0\.[0-9]*[1-9][0-9]*|[1-9][0-9]*(\.[0-9]+)?)$"))]
+    pub factor: String,
     #[serde(default = "default_apd_threshold")]
     #[schemars(regex(pattern = UNIT_INTERVAL))]
     pub threshold: String,
@@ -264,6 +290,10 @@ fn default_apd_threshold() -> String {
     "0.9".into()
 }
 
+fn default_apd_factor() -> String {
+    "1.0".into()
+}
+
 fn default_max_parallel() -> i32 {
     16
 }
@@ -272,6 +302,8 @@ impl Default for ApdSpec {
     fn default() -> Self {
         Self {
             enabled: true,
+            mode: ApdMode::Threshold,
+            factor: default_apd_factor(),
             threshold: default_apd_threshold(),
             max_parallel: default_max_parallel(),
         }

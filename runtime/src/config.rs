@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use crate::decoding::Remasking;
+use crate::decoding::{Mor, Parallel, Remasking};
 
 /// `runtime.toml` as written by the operator. Unknown keys are errors, so a typo never
 /// silently falls back to a default.
@@ -65,22 +65,47 @@ pub struct DecodingSection {
     pub mor: Option<MorSection>,
 }
 
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-pub enum KvCacheMode {
-    None,
-    Prefix,
-    Dual,
-}
+pub use crate::decoding::KvCacheMode;
 
 /// Adaptive parallel decoding, as the operator renders it from `spec.decoding.apd`.
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct ApdSection {
     pub enabled: Option<bool>,
+    /// `threshold` (default) or `factor`.
+    pub mode: Option<String>,
     pub threshold: Option<f64>,
+    pub factor: Option<f64>,
     pub max_parallel: Option<usize>,
 }
+
+impl ApdSection {
+    /// The commit rule this section selects (`Schedule` when disabled).
+    pub fn parallel(&self) -> Result<Parallel, ConfigError> {
+        if !self.enabled.unwrap_or(false) {
+            return Ok(Parallel::Schedule);
+        }
+        let max_parallel = self.max_parallel.unwrap_or(DEFAULT_MAX_PARALLEL);
+        match self.mode.as_deref().unwrap_or("threshold") {
+            "threshold" => Ok(Parallel::Threshold {
+                threshold: self.threshold.unwrap_or(DEFAULT_APD_THRESHOLD) as f32,
+                max_parallel,
+            }),
+            "factor" => Ok(Parallel::Factor {
+                factor: self.factor.unwrap_or(DEFAULT_APD_FACTOR) as f32,
+                max_parallel,
+            }),
+            other => Err(ConfigError::Invalid {
+                field: "decoding.apd.mode",
+                message: format!("unknown mode {other:?} (expected threshold or factor)"),
+            }),
+        }
+    }
+}
+
+pub const DEFAULT_APD_THRESHOLD: f64 = 0.9;
+pub const DEFAULT_APD_FACTOR: f64 = 1.0;
+pub const DEFAULT_MAX_PARALLEL: usize = 16;
 
 /// Mixture of recursions, as the operator renders it from `spec.decoding.mor`.
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
@@ -90,6 +115,16 @@ pub struct MorSection {
     pub min_recursions: Option<usize>,
     pub max_recursions: Option<usize>,
     pub confidence_threshold: Option<f64>,
+}
+
+impl MorSection {
+    pub fn mor(&self) -> Option<Mor> {
+        self.enabled.unwrap_or(false).then(|| Mor {
+            min_recursions: self.min_recursions.unwrap_or(0),
+            max_recursions: self.max_recursions.unwrap_or(2),
+            confidence_threshold: self.confidence_threshold.unwrap_or(0.7) as f32,
+        })
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -128,6 +163,9 @@ pub struct DecodingDefaults {
     pub block_length: Option<usize>,
     pub remasking: Remasking,
     pub temperature: f32,
+    pub parallel: Parallel,
+    pub mor: Option<Mor>,
+    pub kv_cache: KvCacheMode,
 }
 
 impl Default for DecodingDefaults {
@@ -138,6 +176,9 @@ impl Default for DecodingDefaults {
             block_length: None,
             remasking: Remasking::LowConfidence,
             temperature: 0.0,
+            parallel: Parallel::Schedule,
+            mor: None,
+            kv_cache: KvCacheMode::None,
         }
     }
 }
@@ -161,9 +202,6 @@ pub struct RuntimeConfig {
     pub rate_limit_requests_per_minute: u32,
     pub batch_wait_ms: u64,
     pub decoding: DecodingDefaults,
-    /// Knobs the configuration turns on that this runtime does not implement yet
-    /// (APD, MoR, KV caching land with the fast-decoding work); logged at startup.
-    pub not_yet_implemented: Vec<String>,
 }
 
 /// The flag/env layer: `None` where neither was given.
@@ -190,6 +228,9 @@ pub struct Overrides {
     pub block_length: Option<usize>,
     pub remasking: Option<Remasking>,
     pub temperature: Option<f32>,
+    pub parallel: Option<Parallel>,
+    pub mor: Option<Mor>,
+    pub kv_cache: Option<KvCacheMode>,
 }
 
 pub const DEFAULT_MODEL_PATH: &str = "/mnt/models";
@@ -242,16 +283,11 @@ impl RuntimeConfig {
         }
         let s = file.server;
         let d = file.decoding;
-        let mut not_yet_implemented = Vec::new();
-        if matches!(d.kv_cache, Some(KvCacheMode::Prefix | KvCacheMode::Dual)) {
-            not_yet_implemented.push("decoding.kv_cache".to_string());
-        }
-        if d.apd.as_ref().and_then(|a| a.enabled).unwrap_or(false) {
-            not_yet_implemented.push("decoding.apd".to_string());
-        }
-        if d.mor.as_ref().and_then(|m| m.enabled).unwrap_or(false) {
-            not_yet_implemented.push("decoding.mor".to_string());
-        }
+        let parallel = match o.parallel {
+            Some(p) => p,
+            None => d.apd.clone().unwrap_or_default().parallel()?,
+        };
+        let mor = o.mor.or_else(|| d.mor.as_ref().and_then(MorSection::mor));
         let cfg = Self {
             served_name,
             aliases: o.aliases.or(file.model.aliases).unwrap_or_default(),
@@ -291,8 +327,10 @@ impl RuntimeConfig {
                 block_length: o.block_length.or(d.block_length),
                 remasking: o.remasking.or(d.remasking).unwrap_or_default(),
                 temperature: o.temperature.or(d.temperature).unwrap_or(0.0),
+                parallel,
+                mor,
+                kv_cache: o.kv_cache.or(d.kv_cache).unwrap_or_default(),
             },
-            not_yet_implemented,
             model_path,
         };
         if cfg.max_concurrent_requests == 0 {
@@ -309,6 +347,22 @@ impl RuntimeConfig {
         }
         if !(0.0..=2.0).contains(&cfg.decoding.temperature) {
             return invalid("temperature", "must be between 0 and 2");
+        }
+        // The fast-decoding knobs are checked by the sampler; check the deployment's
+        // defaults now rather than failing every request later.
+        let probe = crate::decoding::DiffusionParams {
+            remasking: cfg.decoding.remasking,
+            parallel: cfg.decoding.parallel,
+            mor: cfg.decoding.mor,
+            ..crate::decoding::DiffusionParams::with_defaults(1)
+        };
+        if let Err(crate::decoding::DecodeError::InvalidParam { param, message }) =
+            probe.validate(1, usize::MAX)
+        {
+            return Err(ConfigError::Invalid {
+                field: param,
+                message,
+            });
         }
         Ok(cfg)
     }
@@ -332,9 +386,14 @@ mod tests {
         assert_eq!(cfg.device, "cuda:0");
         assert_eq!(cfg.rate_limit_requests_per_minute, 600);
         assert_eq!(
-            cfg.not_yet_implemented,
-            ["decoding.kv_cache", "decoding.apd"]
+            cfg.decoding.parallel,
+            Parallel::Threshold {
+                threshold: 0.9,
+                max_parallel: 16
+            }
         );
+        assert_eq!(cfg.decoding.kv_cache, KvCacheMode::Dual);
+        assert_eq!(cfg.decoding.mor, None, "mor.enabled = false");
     }
 
     #[test]

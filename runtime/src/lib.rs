@@ -12,6 +12,7 @@ pub mod decoding;
 pub mod demo;
 pub mod device;
 pub mod engine;
+pub mod eval;
 pub mod generation;
 pub mod metrics;
 pub mod models;

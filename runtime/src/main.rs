@@ -8,7 +8,7 @@ use std::time::Instant;
 use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand};
 use dfastllm::config::{FileConfig, Overrides, RuntimeConfig};
-use dfastllm::decoding::{DecodeError, DiffusionParams, Remasking};
+use dfastllm::decoding::{DecodeError, DiffusionParams, KvCacheMode, Mor, Parallel, Remasking};
 use dfastllm::demo::{write_demo_model, DemoDType, DemoSpec};
 use dfastllm::device::{self, DeviceChoice};
 use dfastllm::engine::{engine, EngineConfig, Scheduler};
@@ -39,6 +39,8 @@ enum Command {
     Serve(Box<ServeArgs>),
     /// Generate one answer from a prompt and print it.
     Generate(GenerateArgs),
+    /// Exact-match accuracy and cost of decoding strategies on a JSONL eval set.
+    Eval(EvalArgs),
     /// Write a tiny checkpoint with RANDOM weights in a real upstream layout.
     DemoModel(DemoModelArgs),
     /// Measure the runtime.
@@ -91,9 +93,132 @@ struct GenerateArgs {
     /// Seed for sampling and random remasking.
     #[arg(long, env = "DFASTLLM_SEED")]
     seed: Option<u64>,
+    #[command(flatten)]
+    fast: FastArgs,
     /// Print one JSON object instead of the text.
     #[arg(long, env = "DFASTLLM_JSON")]
     json: bool,
+}
+
+#[derive(Args, Debug)]
+struct EvalArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// JSONL file of {"prompt", "answer"[, "kind"]} lines.
+    #[arg(long, env = "DFASTLLM_EVAL_DATA")]
+    data: PathBuf,
+    /// Comma-separated: baseline (one token per step), threshold, factor, mor
+    /// (baseline + MoR), threshold+mor, factor+mor.
+    #[arg(
+        long,
+        env = "DFASTLLM_EVAL_STRATEGIES",
+        value_delimiter = ',',
+        default_value = "baseline,threshold,factor"
+    )]
+    strategies: Vec<String>,
+    /// Comma-separated KV cache modes; every strategy runs under each.
+    #[arg(
+        long,
+        env = "DFASTLLM_EVAL_KV_CACHE",
+        value_delimiter = ',',
+        default_value = "none,dual"
+    )]
+    kv_cache: Vec<KvCacheMode>,
+    /// Answer region in tokens.
+    #[arg(long, env = "DFASTLLM_EVAL_GEN_LENGTH", default_value_t = 32)]
+    gen_length: usize,
+    #[arg(long, env = "DFASTLLM_EVAL_BLOCK_LENGTH", default_value_t = 8)]
+    block_length: usize,
+    /// Sequences decoded together.
+    #[arg(long, env = "DFASTLLM_EVAL_BATCH", default_value_t = 1)]
+    batch: usize,
+    /// Stop each answer once its EOS is settled (the server's behaviour). Off by
+    /// default: the reference protocol decodes the whole answer region.
+    #[arg(long, env = "DFASTLLM_EVAL_STOP_AT_EOS")]
+    stop_at_eos: bool,
+    /// Only the first N examples.
+    #[arg(long, env = "DFASTLLM_EVAL_LIMIT")]
+    limit: Option<usize>,
+    #[arg(long, env = "DFASTLLM_APD_THRESHOLD", default_value_t = 0.9)]
+    apd_threshold: f32,
+    #[arg(long, env = "DFASTLLM_APD_FACTOR", default_value_t = 1.0)]
+    apd_factor: f32,
+    #[arg(long, env = "DFASTLLM_APD_MAX_PARALLEL", default_value_t = 16)]
+    apd_max_parallel: usize,
+    #[arg(long, env = "DFASTLLM_MOR_MIN_RECURSIONS", default_value_t = 0)]
+    mor_min_recursions: usize,
+    #[arg(long, env = "DFASTLLM_MOR_MAX_RECURSIONS", default_value_t = 2)]
+    mor_max_recursions: usize,
+    #[arg(long, env = "DFASTLLM_MOR_THRESHOLD", default_value_t = 0.7)]
+    mor_threshold: f32,
+    /// Print JSON instead of the table.
+    #[arg(long, env = "DFASTLLM_JSON")]
+    json: bool,
+}
+
+/// APD's commit rule, as a flag.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum ApdMode {
+    Off,
+    Threshold,
+    Factor,
+}
+
+/// The fast-decoding knobs (docs/decoding.md), shared by `serve` and `generate`.
+#[derive(Args, Debug, Clone, Default)]
+struct FastArgs {
+    /// Adaptive parallel decoding: off, threshold or factor [default: the config file's
+    /// decoding.apd, else off].
+    #[arg(long, env = "DFASTLLM_APD")]
+    apd: Option<ApdMode>,
+    /// Commit every position at least this confident (--apd threshold) [default: 0.9].
+    #[arg(long, env = "DFASTLLM_APD_THRESHOLD")]
+    apd_threshold: Option<f32>,
+    /// Fast-dLLM's factor f (--apd factor) [default: 1.0].
+    #[arg(long, env = "DFASTLLM_APD_FACTOR")]
+    apd_factor: Option<f32>,
+    /// At most this many positions per step under APD [default: 16].
+    #[arg(long, env = "DFASTLLM_APD_MAX_PARALLEL")]
+    apd_max_parallel: Option<usize>,
+    /// none, prefix or dual (Fast-dLLM's KV cache) [default: the config file's, else none].
+    #[arg(long, env = "DFASTLLM_KV_CACHE")]
+    kv_cache: Option<KvCacheMode>,
+    /// Mixture of recursions: refine filled blocks' low-confidence tokens.
+    #[arg(long, env = "DFASTLLM_MOR")]
+    mor: bool,
+    #[arg(long, env = "DFASTLLM_MOR_MIN_RECURSIONS", default_value_t = 0)]
+    mor_min_recursions: usize,
+    #[arg(long, env = "DFASTLLM_MOR_MAX_RECURSIONS", default_value_t = 2)]
+    mor_max_recursions: usize,
+    /// Re-mask tokens committed below this confidence [default: 0.7].
+    #[arg(long, env = "DFASTLLM_MOR_THRESHOLD", default_value_t = 0.7)]
+    mor_threshold: f32,
+}
+
+impl FastArgs {
+    /// The commit rule the flags select; `None` when --apd was not given.
+    fn parallel(&self) -> Option<Parallel> {
+        let max_parallel = self.apd_max_parallel.unwrap_or(16);
+        self.apd.map(|mode| match mode {
+            ApdMode::Off => Parallel::Schedule,
+            ApdMode::Threshold => Parallel::Threshold {
+                threshold: self.apd_threshold.unwrap_or(0.9),
+                max_parallel,
+            },
+            ApdMode::Factor => Parallel::Factor {
+                factor: self.apd_factor.unwrap_or(1.0),
+                max_parallel,
+            },
+        })
+    }
+
+    fn mor(&self) -> Option<Mor> {
+        self.mor.then_some(Mor {
+            min_recursions: self.mor_min_recursions,
+            max_recursions: self.mor_max_recursions,
+            confidence_threshold: self.mor_threshold,
+        })
+    }
 }
 
 #[derive(Args, Debug)]
@@ -204,6 +329,8 @@ struct ServeArgs {
     /// Default temperature [default: 0].
     #[arg(long, env = "DFASTLLM_TEMPERATURE")]
     temperature: Option<f32>,
+    #[command(flatten)]
+    fast: FastArgs,
     /// json (one object per line) or text.
     #[arg(long, env = "DFASTLLM_LOG_FORMAT", default_value = "json")]
     log_format: LogFormat,
@@ -239,6 +366,9 @@ impl ServeArgs {
             block_length: self.block_length,
             remasking: self.remasking,
             temperature: self.temperature,
+            parallel: self.fast.parallel(),
+            mor: self.fast.mor(),
+            kv_cache: self.fast.kv_cache,
         }
     }
 }
@@ -263,7 +393,106 @@ struct BenchForwardArgs {
 
 /// Names the CLI flag behind an API parameter in validation errors.
 fn flag_of(param: &str) -> String {
-    format!("--{}", param.replace('_', "-"))
+    let flag = match param {
+        "mor.confidence_threshold" => "mor-threshold".to_string(),
+        other => other.replace(['_', '.'], "-"),
+    };
+    format!("--{flag}")
+}
+
+fn eval_configs(args: &EvalArgs) -> anyhow::Result<Vec<dfastllm::eval::Config>> {
+    let base = DiffusionParams {
+        block_length: args.block_length,
+        stop_at_eos: args.stop_at_eos,
+        seed: Some(0),
+        ..DiffusionParams::with_defaults(args.gen_length)
+    };
+    let mor = Mor {
+        min_recursions: args.mor_min_recursions,
+        max_recursions: args.mor_max_recursions,
+        confidence_threshold: args.mor_threshold,
+    };
+    let mut configs = Vec::new();
+    for &kv_cache in &args.kv_cache {
+        for name in &args.strategies {
+            let (rule, with_mor) = match name.split_once('+') {
+                Some((rule, "mor")) => (rule, true),
+                Some(_) => bail!("--strategies: {name:?} (a combination is RULE+mor)"),
+                None if name == "mor" => ("baseline", true),
+                None => (name.as_str(), false),
+            };
+            let parallel = match rule {
+                "baseline" => Parallel::Schedule,
+                "threshold" => Parallel::Threshold {
+                    threshold: args.apd_threshold,
+                    max_parallel: args.apd_max_parallel,
+                },
+                "factor" => Parallel::Factor {
+                    factor: args.apd_factor,
+                    max_parallel: args.apd_max_parallel,
+                },
+                other => bail!(
+                    "--strategies: unknown {other:?} (expected baseline, threshold, factor, mor, or RULE+mor)"
+                ),
+            };
+            configs.push(dfastllm::eval::Config {
+                name: format!("{name}/{kv_cache}"),
+                params: DiffusionParams {
+                    parallel,
+                    mor: with_mor.then_some(mor),
+                    kv_cache,
+                    ..base.clone()
+                },
+            });
+        }
+    }
+    if configs.is_empty() {
+        bail!("--strategies and --kv-cache select no configuration");
+    }
+    Ok(configs)
+}
+
+fn run_eval(args: EvalArgs) -> anyhow::Result<()> {
+    let configs = eval_configs(&args)?;
+    let device = device::select(args.model.device)?;
+    let generator = Generator::load(&args.model.model, &device, args.model.dtype)?;
+    let mut examples =
+        dfastllm::eval::read_examples(&args.data).map_err(|e| anyhow::anyhow!("--data: {e}"))?;
+    if let Some(n) = args.limit {
+        examples.truncate(n);
+    }
+    let rows = match dfastllm::eval::run(&generator, &examples, &configs, args.batch) {
+        Err(dfastllm::eval::EvalError::Generation(GenerationError::Decode(
+            DecodeError::InvalidParam { param, message },
+        ))) => bail!("{}: {message}", flag_of(param)),
+        other => other?,
+    };
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({
+                "model": args.model.model,
+                "data": args.data,
+                "gen_length": args.gen_length,
+                "block_length": args.block_length,
+                "batch": args.batch,
+                "stop_at_eos": args.stop_at_eos,
+                "rows": rows,
+            }))?
+        );
+    } else {
+        println!(
+            "{} examples from {}, answer region {} tokens in blocks of {}, batch {}, stop at EOS: {}",
+            examples.len(),
+            args.data.display(),
+            args.gen_length,
+            args.block_length,
+            args.batch,
+            args.stop_at_eos
+        );
+        print!("{}", dfastllm::eval::table(&rows));
+    }
+    Ok(())
 }
 
 fn run_generate(args: GenerateArgs) -> anyhow::Result<()> {
@@ -282,6 +511,9 @@ fn run_generate(args: GenerateArgs) -> anyhow::Result<()> {
         remasking: args.remasking,
         temperature: args.temperature,
         seed: args.seed,
+        parallel: args.fast.parallel().unwrap_or_default(),
+        mor: args.fast.mor(),
+        kv_cache: args.fast.kv_cache.unwrap_or_default(),
         ..defaults
     };
     let output = match generator.generate(&prompt, params) {
@@ -466,9 +698,6 @@ fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
         );
     }
     init_logging(args.log_format);
-    for knob in &cfg.not_yet_implemented {
-        tracing::warn!(knob = %knob, "set in the configuration but not implemented by this runtime version: decoding uses plain low-confidence remasking");
-    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -543,6 +772,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Serve(args) => run_serve(*args),
         Command::Generate(args) => run_generate(args),
+        Command::Eval(args) => run_eval(args),
         Command::DemoModel(args) => run_demo_model(args),
         Command::Bench(BenchCommand::Forward(args)) => run_bench_forward(args),
     };

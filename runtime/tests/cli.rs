@@ -286,3 +286,120 @@ fn corrupt_weights_are_named() {
     let line = stderr_line(&o);
     assert!(line.contains("model.safetensors"), "{line}");
 }
+
+fn bundled(path: &str) -> String {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join(path)
+        .to_string_lossy()
+        .into_owned()
+}
+
+#[test]
+fn eval_on_the_bundled_model_shows_what_fast_decoding_buys() {
+    let model = bundled("models/dfastllm-tiny-llada");
+    let data = bundled("models/eval/tasks-heldout.jsonl");
+    let o = dfastllm(&[
+        "--threads",
+        "2",
+        "eval",
+        "--model",
+        &model,
+        "--data",
+        &data,
+        "--limit",
+        "24",
+        "--strategies",
+        "baseline,threshold,factor+mor",
+        "--kv-cache",
+        "none,dual",
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let rows = v["rows"].as_array().unwrap();
+    let names: Vec<&str> = rows.iter().map(|r| r["name"].as_str().unwrap()).collect();
+    assert_eq!(
+        names,
+        [
+            "baseline/none",
+            "threshold/none",
+            "factor+mor/none",
+            "baseline/dual",
+            "threshold/dual",
+            "factor+mor/dual"
+        ]
+    );
+    for r in rows {
+        for field in [
+            "accuracy",
+            "mean_forward_passes",
+            "tokens_per_forward",
+            "tokens_per_second",
+        ] {
+            assert!(
+                r[field].as_f64().is_some_and(f64::is_finite),
+                "{field} in {r}"
+            );
+        }
+        assert_eq!(r["examples"], 24);
+        assert_eq!(r["answers"].as_array().unwrap().len(), 24);
+    }
+    let passes = |i: usize| rows[i]["mean_forward_passes"].as_f64().unwrap();
+    let correct = |i: usize| rows[i]["correct"].as_i64().unwrap();
+    assert_eq!(passes(0), 32.0, "the baseline decodes one token per pass");
+    assert!(
+        passes(4) * 4.0 <= passes(0),
+        "threshold + dual: {} passes",
+        passes(4)
+    );
+    // The trained model solves the easy tasks; fast decoding keeps its answers.
+    assert!(correct(0) >= 8, "baseline solved only {} of 24", correct(0));
+    assert!(
+        (correct(4) - correct(0)).abs() <= 1,
+        "{} vs {}",
+        correct(4),
+        correct(0)
+    );
+}
+
+#[test]
+fn eval_errors_name_the_flag() {
+    let model = bundled("models/dfastllm-tiny-llada");
+    let data = bundled("models/eval/tasks-heldout.jsonl");
+    let o = dfastllm(&[
+        "eval",
+        "--model",
+        &model,
+        "--data",
+        &data,
+        "--strategies",
+        "fastest",
+    ]);
+    assert!(!o.status.success());
+    assert!(
+        stderr_line(&o).contains("--strategies"),
+        "{}",
+        stderr_line(&o)
+    );
+    let o = dfastllm(&["eval", "--model", &model, "--data", "/nonexistent.jsonl"]);
+    assert!(stderr_line(&o).contains("--data"), "{}", stderr_line(&o));
+    let o = dfastllm(&[
+        "generate",
+        "--model",
+        &model,
+        "--prompt",
+        "sort 321=",
+        "--max-tokens",
+        "8",
+        "--apd",
+        "threshold",
+        "--apd-threshold",
+        "1.5",
+    ]);
+    assert!(
+        stderr_line(&o).contains("--apd-threshold"),
+        "{}",
+        stderr_line(&o)
+    );
+}

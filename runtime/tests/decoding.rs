@@ -1,7 +1,9 @@
 //! Decoding on real (demo) checkpoints: batching, seeds, logits windows, loading paths.
 
 use candle_core::{DType, Device, Tensor};
-use dfastllm::decoding::{generate, step_batch, DiffusionParams, DiffusionSequence, Remasking};
+use dfastllm::decoding::{
+    generate, step_batch, DiffusionParams, DiffusionSequence, KvCacheMode, Parallel, Remasking,
+};
 use dfastllm::demo::{write_demo_model, DemoDType, DemoSpec};
 use dfastllm::models::{self, Architecture, Batch, DTypeChoice, LoadedModel};
 
@@ -31,6 +33,69 @@ fn params(gen: usize, block: usize, steps: usize) -> DiffusionParams {
         steps,
         stop_at_eos: false,
         ..DiffusionParams::with_defaults(gen)
+    }
+}
+
+#[test]
+fn cached_passes_agree_with_the_full_pass_on_a_blocks_first_step() {
+    for arch in Architecture::ALL {
+        let (_d, m) = demo(DemoSpec::tiny(arch));
+        let mask = m.special.mask_id;
+        // A prompt, one decoded block and two masked blocks of 4.
+        let row: Vec<u32> = [1, 2, 3, 4, 5, 6, 7, 8, 9]
+            .into_iter()
+            .chain([mask; 8])
+            .collect();
+        let batch =
+            Batch::left_padded(&[&row], m.special.pad_id, &Device::Cpu, DType::F32).unwrap();
+        for block in [9..13, 13..17, 5..9] {
+            let full = m.model.forward(&batch, Some(block.clone())).unwrap();
+            let (captured, cache) = m.model.forward_capture(&batch, block.clone()).unwrap();
+            assert!(
+                max_diff(&full, &captured) < 1e-6,
+                "{arch} capture {block:?}"
+            );
+            for mode in [KvCacheMode::Prefix, KvCacheMode::Dual] {
+                let cached = m
+                    .model
+                    .forward_cached(&batch, &cache, block.clone(), mode)
+                    .unwrap();
+                assert!(
+                    max_diff(&full, &cached) < 1e-5,
+                    "{arch} {mode} {block:?}: {}",
+                    max_diff(&full, &cached)
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn cached_decoding_batches_sequences_of_different_lengths() {
+    for arch in Architecture::ALL {
+        let (_d, m) = demo(DemoSpec::tiny(arch));
+        for mode in [KvCacheMode::None, KvCacheMode::Prefix, KvCacheMode::Dual] {
+            let p = DiffusionParams {
+                kv_cache: mode,
+                parallel: Parallel::Threshold {
+                    threshold: 0.9,
+                    max_parallel: 4,
+                },
+                ..params(16, 4, 16)
+            };
+            // Two sequences of different lengths batched together.
+            let mut a = DiffusionSequence::new(&[1, 2, 3], p.clone(), &m.special, 1024).unwrap();
+            let mut b = DiffusionSequence::new(&[4, 5, 6, 7, 8], p, &m.special, 1024).unwrap();
+            while !(a.is_finished() && b.is_finished()) {
+                step_batch(m.model.as_ref(), &mut [&mut a, &mut b], m.special.pad_id).unwrap();
+            }
+            for s in [&a, &b] {
+                // At most 4 per pass and at least 1: 4..=16 passes for 16 positions.
+                let passes = s.forward_passes();
+                assert!((4..=16).contains(&passes), "{arch} {mode}: {passes} passes");
+                assert_eq!(s.answer().raw_ids.len(), 16);
+            }
+        }
     }
 }
 

@@ -56,7 +56,6 @@ fn config(dir: &std::path::Path) -> RuntimeConfig {
             gen_length: 16,
             ..DecodingDefaults::default()
         },
-        not_yet_implemented: Vec::new(),
     }
 }
 

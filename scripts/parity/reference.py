@@ -551,6 +551,51 @@ def cmd_bench_forward(args):
     print(json.dumps(result), flush=True)
 
 
+def cmd_eval(args):
+    """LLaDA's reference decoding (greedy, low-confidence, one token per step, every
+    block) over a JSONL eval set: the Python side of `dfastllm eval`'s baseline row."""
+    from tokenizers import Tokenizer
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    ref = Reference(args.arch, args.model)
+    tok = Tokenizer.from_file(os.path.join(args.model, "tokenizer.json"))
+    eos = ref.cfg.get("eos_token_id")
+    eos_ids = set(eos if isinstance(eos, list) else [eos])
+    with open(args.data, "r", encoding="utf-8") as f:
+        examples = [json.loads(line) for line in f if line.strip()]
+    if args.limit:
+        examples = examples[: args.limit]
+    margins = {"argmax": float("inf"), "topk": float("inf")}
+    answers, correct, passes = [], 0, 0
+    t0 = time.perf_counter()
+    for ex in examples:
+        ids = tok.encode(ex["prompt"], add_special_tokens=False).ids
+        out = generate(ref, ids, args.gen_length, args.block_length, args.gen_length, margins)
+        passes += args.gen_length
+        end = next((i for i, t in enumerate(out) if t in eos_ids), len(out))
+        text = tok.decode([t for t in out[:end] if t != ref.mask_id], skip_special_tokens=False)
+        answers.append(text)
+        correct += text.strip() == ex["answer"].strip()
+    seconds = time.perf_counter() - t0
+    n = len(examples)
+    print(
+        json.dumps(
+            {
+                "impl": "transformers",
+                "examples": n,
+                "correct": correct,
+                "accuracy": 100.0 * correct / n,
+                "mean_forward_passes": passes / n,
+                "tokens_per_second": n * args.gen_length / seconds,
+                "seconds": seconds,
+                "answers": answers,
+            }
+        ),
+        flush=True,
+    )
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -569,6 +614,16 @@ def main(argv=None):
     bf.add_argument("--iters", type=int, required=True)
     bf.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0 = default)")
     bf.set_defaults(func=cmd_bench_forward)
+
+    ev = sub.add_parser("eval", help="reference decoding over a JSONL eval set")
+    ev.add_argument("--arch", required=True, choices=["llada", "dream"])
+    ev.add_argument("--model", required=True, help="checkpoint directory (HF layout)")
+    ev.add_argument("--data", required=True, help="JSONL of {prompt, answer}")
+    ev.add_argument("--gen-length", type=int, default=32)
+    ev.add_argument("--block-length", type=int, default=8)
+    ev.add_argument("--limit", type=int, default=0)
+    ev.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0 = default)")
+    ev.set_defaults(func=cmd_eval)
 
     args = parser.parse_args(argv)
     args.func(args)

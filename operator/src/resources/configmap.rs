@@ -64,7 +64,9 @@ struct DecodingSection {
 #[derive(Serialize)]
 struct Apd {
     enabled: bool,
+    mode: &'static str,
     threshold: f64,
+    factor: f64,
     max_parallel: i32,
 }
 
@@ -126,7 +128,9 @@ pub fn runtime_toml(dm: &DiffusionModel) -> String {
             },
             apd: Apd {
                 enabled: d.apd.enabled,
+                mode: d.apd.mode.name(),
                 threshold: probability(&d.apd.threshold, 0.9),
+                factor: d.apd.factor.parse().unwrap_or(1.0),
                 max_parallel: d.apd.max_parallel,
             },
             mor: Mor {

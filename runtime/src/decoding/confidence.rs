@@ -12,7 +12,10 @@ use super::Remasking;
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Proposal {
     pub token: u32,
+    /// The remasking score that orders positions under the step schedule.
     pub confidence: f32,
+    /// Probability of `token` under the model (APD and MoR thresholds compare this).
+    pub probability: f32,
 }
 
 /// One proposal per row of `logits` (`[L, V]`).
@@ -44,18 +47,13 @@ pub fn propose(
     } else {
         logits.argmax(D::Minus1)?
     };
+    let probs = candle_nn::ops::softmax_last_dim(&logits)?;
+    let probability = probs.gather(&tokens.unsqueeze(1)?, 1)?.squeeze(1)?;
     let scores = match remasking {
         Remasking::Random => None,
-        Remasking::LowConfidence => {
-            let probs = candle_nn::ops::softmax_last_dim(&logits)?;
-            Some(probs.gather(&tokens.unsqueeze(1)?, 1)?.squeeze(1)?)
-        }
-        Remasking::Entropy => {
-            let probs = candle_nn::ops::softmax_last_dim(&logits)?;
-            Some((&probs * (&probs + 1e-10)?.log()?)?.sum(D::Minus1)?)
-        }
+        Remasking::LowConfidence => Some(probability.clone()),
+        Remasking::Entropy => Some((&probs * (&probs + 1e-10)?.log()?)?.sum(D::Minus1)?),
         Remasking::Margin => {
-            let probs = candle_nn::ops::softmax_last_dim(&logits)?;
             // Zero exactly one entry (the argmax) so that ties at the top give margin 0.
             let top_index = probs.argmax_keepdim(D::Minus1)?;
             let columns = Tensor::arange(0u32, vocab as u32, probs.device())?.unsqueeze(0)?;
@@ -65,6 +63,7 @@ pub fn propose(
         }
     };
     let tokens = tokens.to_vec1::<u32>()?;
+    let probability = probability.to_vec1::<f32>()?;
     let confidence = match scores {
         Some(s) => s.to_vec1::<f32>()?,
         None => (0..rows).map(|_| rng.random::<f32>()).collect(),
@@ -72,7 +71,12 @@ pub fn propose(
     Ok(tokens
         .into_iter()
         .zip(confidence)
-        .map(|(token, confidence)| Proposal { token, confidence })
+        .zip(probability)
+        .map(|((token, confidence), probability)| Proposal {
+            token,
+            confidence,
+            probability,
+        })
         .collect())
 }
 

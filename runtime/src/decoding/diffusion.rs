@@ -14,8 +14,8 @@ use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
 
 use super::confidence::{propose, Proposal};
-use super::{transfer_schedule, DecodeError, DiffusionParams};
-use crate::models::{Batch, DiffusionLm, SpecialTokens};
+use super::{transfer_schedule, DecodeError, DiffusionParams, KvCacheMode};
+use crate::models::{Batch, DiffusionLm, KvCache, SpecialTokens};
 
 /// Why an answer ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -62,6 +62,14 @@ pub struct DiffusionSequence {
     forward_passes: usize,
     steps: usize,
     finished: bool,
+    /// Probability each answer position was committed with (MoR re-masks the low ones).
+    confidence: Vec<f32>,
+    /// MoR recursions spent on the current block, and whether the block's masks are
+    /// re-masked positions (all recommitted by the next pass).
+    recursions: usize,
+    refining: bool,
+    /// Keys/values from the current block's first pass (KV caching), `[1, ...]`.
+    cache: Option<KvCache>,
 }
 
 impl DiffusionSequence {
@@ -89,6 +97,10 @@ impl DiffusionSequence {
             forward_passes: 0,
             steps: 0,
             finished: false,
+            confidence: vec![f32::INFINITY; params.gen_length],
+            recursions: 0,
+            refining: false,
+            cache: None,
             params,
         };
         seq.start_block();
@@ -126,6 +138,53 @@ impl DiffusionSequence {
         let steps_per_block = self.params.steps / self.params.num_blocks();
         self.schedule = transfer_schedule(masked, steps_per_block);
         self.step_in_block = 0;
+        self.recursions = 0;
+        self.refining = false;
+        // The cache holds the previous block's masks: the next pass refreshes it.
+        self.cache = None;
+    }
+
+    /// Whether the next pass must run the whole grid (no cache, or caching is off).
+    fn needs_full_pass(&self) -> bool {
+        self.params.kv_cache == KvCacheMode::None || self.cache.is_none()
+    }
+
+    /// The current block is filled: its schedule ran out, or (APD) no mask is left. An
+    /// APD block also ends after `block_length` steps, which only a model that keeps
+    /// proposing the mask token itself can reach.
+    fn block_done(&self) -> bool {
+        if self.params.parallel.uses_schedule() {
+            return self.step_in_block >= self.schedule.len();
+        }
+        !self.tokens[self.block_range()].contains(&self.mask_id)
+            || self.step_in_block >= self.params.block_length
+    }
+
+    /// MoR: re-masks the block's positions committed below `threshold`, or its least
+    /// confident one when none is.
+    fn remask_for_recursion(&mut self, threshold: f32) {
+        let range = self.block_range();
+        let offset = self.prompt_len;
+        let low: Vec<usize> = range
+            .clone()
+            .filter(|&p| self.confidence[p - offset] < threshold)
+            .collect();
+        let chosen = if low.is_empty() {
+            range
+                .clone()
+                .min_by(|&a, &b| {
+                    self.confidence[a - offset].total_cmp(&self.confidence[b - offset])
+                })
+                .into_iter()
+                .collect()
+        } else {
+            low
+        };
+        for p in chosen {
+            self.tokens[p] = self.mask_id;
+        }
+        self.recursions += 1;
+        self.refining = true;
     }
 
     /// Commits this step's share of `logits` (`[block_length, V]`, the current block's
@@ -145,31 +204,62 @@ impl DiffusionSequence {
         Ok(())
     }
 
-    /// The host-side half of [`Self::commit`]: pick the `k` most confident masked
-    /// positions of the block (ties go to the leftmost) and write their tokens.
+    /// The host-side half of [`Self::commit`]: pick the most confident masked positions
+    /// of the block (ties go to the leftmost), as many as the schedule or the APD rule
+    /// allows (all of them after a MoR re-mask), and write their tokens.
     pub fn commit_proposals(&mut self, proposals: &[Proposal]) {
         let range = self.block_range();
         let mut masked: Vec<usize> = range
             .clone()
             .filter(|&p| self.tokens[p] == self.mask_id)
             .collect();
+        // The schedule orders by the remasking score; APD decides by probability.
+        let apd = !self.params.parallel.uses_schedule();
+        let key = |p: &Proposal| if apd { p.probability } else { p.confidence };
         masked.sort_by(|&a, &b| {
             let (ca, cb) = (
-                proposals[a - range.start].confidence,
-                proposals[b - range.start].confidence,
+                key(&proposals[a - range.start]),
+                key(&proposals[b - range.start]),
             );
             cb.total_cmp(&ca).then(a.cmp(&b))
         });
-        let k = self.schedule.get(self.step_in_block).copied().unwrap_or(0);
+        let k = if self.refining {
+            masked.len()
+        } else {
+            let sorted: Vec<f32> = masked
+                .iter()
+                .map(|&p| key(&proposals[p - range.start]))
+                .collect();
+            let scheduled = self.schedule.get(self.step_in_block).copied().unwrap_or(0);
+            self.params.parallel.count(&sorted, scheduled)
+        };
         for &pos in masked.iter().take(k) {
-            self.tokens[pos] = proposals[pos - range.start].token;
+            let p = proposals[pos - range.start];
+            self.tokens[pos] = p.token;
+            self.confidence[pos - self.prompt_len] = p.probability;
         }
+        self.refining = false;
         self.forward_passes += 1;
         self.steps += 1;
         self.step_in_block += 1;
-        if self.params.stop_at_eos && self.answer_is_settled() {
+        let done = self.block_done();
+        if done {
+            if let Some(mor) = self.params.mor {
+                let lowest = range
+                    .clone()
+                    .map(|p| self.confidence[p - self.prompt_len])
+                    .fold(f32::INFINITY, f32::min);
+                if mor.recurse(self.recursions, lowest) {
+                    self.remask_for_recursion(mor.confidence_threshold);
+                    return;
+                }
+            }
+        }
+        // With MoR on, a block is refined before the answer may end inside it.
+        let may_stop = done || self.params.mor.is_none();
+        if self.params.stop_at_eos && may_stop && self.answer_is_settled() {
             self.finished = true;
-        } else if self.step_in_block >= self.schedule.len() {
+        } else if done {
             self.block += 1;
             if self.block >= self.params.num_blocks() {
                 self.finished = true;
@@ -240,10 +330,13 @@ impl DiffusionSequence {
     }
 }
 
-/// One denoising step for every unfinished sequence in `seqs`, in one forward pass.
+/// One denoising step for every unfinished sequence in `seqs`.
 ///
-/// Rows are left-padded to one grid; the LM head runs only on the columns spanned by
-/// the sequences' current blocks.
+/// Sequences that need the whole grid (no KV cache, or a block's first step) share one
+/// forward pass, left-padded to one grid; the LM head runs only on the columns spanned
+/// by their current blocks, and the pass captures keys/values for those that cache.
+/// Sequences with a cache are grouped by shape (same length and block) and each group
+/// runs one windowed pass.
 pub fn step_batch(
     model: &dyn DiffusionLm,
     seqs: &mut [&mut DiffusionSequence],
@@ -252,13 +345,52 @@ pub fn step_batch(
     let active: Vec<usize> = (0..seqs.len())
         .filter(|&i| !seqs[i].is_finished())
         .collect();
-    if active.is_empty() {
-        return Ok(());
+    let (full, cached): (Vec<usize>, Vec<usize>) =
+        active.into_iter().partition(|&i| seqs[i].needs_full_pass());
+    if !full.is_empty() {
+        full_pass(model, seqs, &full, pad_id)?;
     }
-    let rows: Vec<&[u32]> = active.iter().map(|&i| seqs[i].tokens()).collect();
+    let mut groups: Vec<(usize, Range<usize>, KvCacheMode, Vec<usize>)> = Vec::new();
+    for i in cached {
+        let key = (
+            seqs[i].tokens.len(),
+            seqs[i].block_range(),
+            seqs[i].params.kv_cache,
+        );
+        match groups
+            .iter_mut()
+            .find(|g| g.0 == key.0 && g.1 == key.1 && g.2 == key.2)
+        {
+            Some(g) => g.3.push(i),
+            None => groups.push((key.0, key.1, key.2, vec![i])),
+        }
+    }
+    for (_, block, mode, members) in groups {
+        let rows: Vec<&[u32]> = members.iter().map(|&i| seqs[i].tokens()).collect();
+        let batch = Batch::left_padded(&rows, pad_id, model.device(), model.dtype())?;
+        let caches: Vec<&KvCache> = members
+            .iter()
+            .filter_map(|&i| seqs[i].cache.as_ref())
+            .collect();
+        let cache = KvCache::stack(&caches)?;
+        let logits = model.forward_cached(&batch, &cache, block, mode)?;
+        for (row, &i) in members.iter().enumerate() {
+            seqs[i].commit(&logits.get(row)?)?;
+        }
+    }
+    Ok(())
+}
+
+fn full_pass(
+    model: &dyn DiffusionLm,
+    seqs: &mut [&mut DiffusionSequence],
+    rows_of: &[usize],
+    pad_id: u32,
+) -> Result<(), DecodeError> {
+    let rows: Vec<&[u32]> = rows_of.iter().map(|&i| seqs[i].tokens()).collect();
     let batch = Batch::left_padded(&rows, pad_id, model.device(), model.dtype())?;
     // Each row's block, in grid columns (shifted right by the row's padding).
-    let columns: Vec<Range<usize>> = active
+    let columns: Vec<Range<usize>> = rows_of
         .iter()
         .zip(&batch.pad_lengths)
         .map(|(&i, &pad)| {
@@ -271,8 +403,22 @@ pub fn step_batch(
         .cloned()
         .reduce(|a, b| a.start.min(b.start)..a.end.max(b.end))
         .unwrap_or(0..batch.width());
-    let logits = model.forward(&batch, Some(window.clone()))?;
-    for (row, (&i, cols)) in active.iter().zip(&columns).enumerate() {
+    let wants_cache = rows_of
+        .iter()
+        .any(|&i| seqs[i].params.kv_cache != KvCacheMode::None);
+    let (logits, cache) = if wants_cache {
+        let (logits, cache) = model.forward_capture(&batch, window.clone())?;
+        (logits, Some(cache))
+    } else {
+        (model.forward(&batch, Some(window.clone()))?, None)
+    };
+    for (row, (&i, cols)) in rows_of.iter().zip(&columns).enumerate() {
+        if let Some(cache) = &cache {
+            if seqs[i].params.kv_cache != KvCacheMode::None {
+                let pad = batch.pad_lengths[row];
+                seqs[i].cache = Some(cache.row(row, pad..batch.width())?);
+            }
+        }
         let block_logits = logits
             .get(row)?
             .narrow(0, cols.start - window.start, cols.len())?;
@@ -296,6 +442,7 @@ pub fn generate(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::decoding::{Mor, Parallel};
 
     const MASK: u32 = 99;
     const EOS: u32 = 98;
@@ -322,7 +469,11 @@ mod tests {
         tokens
             .iter()
             .zip(confidence)
-            .map(|(&token, &confidence)| Proposal { token, confidence })
+            .map(|(&token, &confidence)| Proposal {
+                token,
+                confidence,
+                probability: confidence,
+            })
             .collect()
     }
 
@@ -357,6 +508,86 @@ mod tests {
         assert_eq!(answer.token_ids, vec![20, 11, 22, 13, 30, 31, 42, 43]);
         assert_eq!(answer.finish_reason, FinishReason::Length);
         assert_eq!((answer.forward_passes, answer.steps), (4, 4));
+    }
+
+    fn apd_seq(
+        gen: usize,
+        block: usize,
+        parallel: Parallel,
+        mor: Option<Mor>,
+    ) -> DiffusionSequence {
+        let params = DiffusionParams {
+            block_length: block,
+            stop_at_eos: false,
+            parallel,
+            mor,
+            ..DiffusionParams::with_defaults(gen)
+        };
+        DiffusionSequence::new(&[1, 2], params, &special(), 100).unwrap()
+    }
+
+    const THRESHOLD: Parallel = Parallel::Threshold {
+        threshold: 0.9,
+        max_parallel: 16,
+    };
+
+    #[test]
+    fn threshold_commits_every_confident_position_and_ends_blocks_early() {
+        let mut s = apd_seq(8, 4, THRESHOLD, None);
+        s.commit_proposals(&proposals(&[10, 11, 12, 13], &[0.95, 0.5, 0.99, 0.2]));
+        assert_eq!(s.tokens()[2..6], [10, MASK, 12, MASK]);
+        // Nothing confident: the most confident one still goes.
+        s.commit_proposals(&proposals(&[0, 21, 0, 23], &[0.0, 0.3, 0.0, 0.6]));
+        assert_eq!(s.tokens()[2..6], [10, MASK, 12, 23]);
+        s.commit_proposals(&proposals(&[0, 31, 0, 0], &[0.0, 0.91, 0.0, 0.0]));
+        assert_eq!(s.block_range(), 6..10, "a filled block ends at once");
+        s.commit_proposals(&proposals(&[40, 41, 42, 43], &[0.99; 4]));
+        assert!(s.is_finished());
+        assert_eq!(s.forward_passes(), 4, "8 tokens in 4 passes, not 8");
+    }
+
+    #[test]
+    fn factor_commits_a_prefix_of_the_ranking() {
+        let factor = Parallel::Factor {
+            factor: 1.0,
+            max_parallel: 16,
+        };
+        let mut s = apd_seq(4, 4, factor, None);
+        // Ranked 0.8 (always), 0.74 (>= 1 - 1/3), then 0.7 < 1 - 1/4 ends the prefix.
+        s.commit_proposals(&proposals(&[10, 11, 12, 13], &[0.8, 0.7, 0.74, 0.1]));
+        assert_eq!(s.tokens()[2..6], [10, MASK, 12, MASK]);
+    }
+
+    #[test]
+    fn mor_remasks_unsure_tokens_of_a_filled_block_and_repredicts_them() {
+        let mor = Mor {
+            min_recursions: 0,
+            max_recursions: 2,
+            confidence_threshold: 0.7,
+        };
+        let mut s = apd_seq(8, 4, THRESHOLD, Some(mor));
+        s.commit_proposals(&proposals(&[10, 11, 12, 13], &[0.95, 0.95, 0.95, 0.5]));
+        s.commit_proposals(&proposals(&[0, 0, 0, 13], &[0.0, 0.0, 0.0, 0.6]));
+        // Filled, but position 5 was committed at 0.6 < 0.7: re-masked, same block.
+        assert_eq!(s.tokens()[2..6], [10, 11, 12, MASK]);
+        assert_eq!(s.block_range(), 2..6);
+        s.commit_proposals(&proposals(&[0, 0, 0, 14], &[0.0, 0.0, 0.0, 0.8]));
+        assert_eq!(
+            s.tokens()[2..6],
+            [10, 11, 12, 14],
+            "the re-prediction replaced it"
+        );
+        assert_eq!(s.block_range(), 6..10, "confident now: the next block");
+        assert_eq!(s.forward_passes(), 3);
+
+        // A stubborn position gets at most max_recursions extra passes.
+        let mut t = apd_seq(4, 4, THRESHOLD, Some(mor));
+        t.commit_proposals(&proposals(&[10, 11, 12, 13], &[0.95, 0.95, 0.95, 0.1]));
+        t.commit_proposals(&proposals(&[0, 0, 0, 13], &[0.0, 0.0, 0.0, 0.2]));
+        t.commit_proposals(&proposals(&[0, 0, 0, 13], &[0.0, 0.0, 0.0, 0.2]));
+        t.commit_proposals(&proposals(&[0, 0, 0, 13], &[0.0, 0.0, 0.0, 0.2]));
+        assert!(t.is_finished());
+        assert_eq!(t.forward_passes(), 4, "1 + 1 + 2 recursions");
     }
 
     #[test]

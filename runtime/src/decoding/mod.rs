@@ -8,6 +8,7 @@
 
 pub mod confidence;
 pub mod diffusion;
+pub mod strategy;
 
 use std::fmt;
 use std::str::FromStr;
@@ -15,6 +16,7 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 
 pub use diffusion::{generate, step_batch, Answer, DiffusionSequence, FinishReason};
+pub use strategy::{KvCacheMode, Mor, Parallel};
 
 /// How a step scores the positions it might commit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -86,6 +88,11 @@ pub struct DiffusionParams {
     /// Stop once a committed EOS has only committed tokens before it: the answer can no
     /// longer change, so the remaining blocks would be wasted forward passes.
     pub stop_at_eos: bool,
+    /// How many positions a step commits (APD); `Schedule` follows `steps`.
+    pub parallel: Parallel,
+    /// Refinement of filled blocks; `None` is off.
+    pub mor: Option<Mor>,
+    pub kv_cache: KvCacheMode,
 }
 
 impl DiffusionParams {
@@ -101,6 +108,9 @@ impl DiffusionParams {
             top_p: 1.0,
             seed: None,
             stop_at_eos: true,
+            parallel: Parallel::Schedule,
+            mor: None,
+            kv_cache: KvCacheMode::None,
         }
     }
 
@@ -161,6 +171,63 @@ impl DiffusionParams {
                 "top_p",
                 format!("top_p must be in (0, 1], got {}", self.top_p),
             );
+        }
+        match self.parallel {
+            Parallel::Schedule => {}
+            Parallel::Threshold {
+                threshold,
+                max_parallel,
+            } => {
+                if !(threshold > 0.0 && threshold <= 1.0) {
+                    return invalid(
+                        "apd.threshold",
+                        format!("apd.threshold must be in (0, 1], got {threshold}"),
+                    );
+                }
+                if max_parallel == 0 {
+                    return invalid(
+                        "apd.max_parallel",
+                        "apd.max_parallel must be at least 1".into(),
+                    );
+                }
+            }
+            Parallel::Factor {
+                factor,
+                max_parallel,
+            } => {
+                if !(factor.is_finite() && factor > 0.0) {
+                    return invalid(
+                        "apd.factor",
+                        format!("apd.factor must be a number > 0, got {factor}"),
+                    );
+                }
+                if max_parallel == 0 {
+                    return invalid(
+                        "apd.max_parallel",
+                        "apd.max_parallel must be at least 1".into(),
+                    );
+                }
+            }
+        }
+        if let Some(m) = self.mor {
+            if m.min_recursions > m.max_recursions {
+                return invalid(
+                    "mor.min_recursions",
+                    format!(
+                        "mor.min_recursions ({}) must not exceed mor.max_recursions ({})",
+                        m.min_recursions, m.max_recursions
+                    ),
+                );
+            }
+            if !(m.confidence_threshold > 0.0 && m.confidence_threshold <= 1.0) {
+                return invalid(
+                    "mor.confidence_threshold",
+                    format!(
+                        "mor.confidence_threshold must be in (0, 1], got {}",
+                        m.confidence_threshold
+                    ),
+                );
+            }
         }
         if prompt_len >= max_context {
             return invalid(

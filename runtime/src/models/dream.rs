@@ -11,7 +11,8 @@ use serde_json::Value;
 
 use super::layers::{check_heads, Attention, Block, RotaryTable, SwiGlu, Trunk};
 use super::loader::{f64_field, usize_field};
-use super::{Batch, DiffusionLm, ModelError};
+use super::{recomputed_columns, Batch, DiffusionLm, KvCache, ModelError};
+use crate::decoding::KvCacheMode;
 
 /// The fields of Dream's (Qwen2-style) config.json that shape the network.
 #[derive(Debug, Clone, PartialEq)]
@@ -144,6 +145,32 @@ impl DiffusionLm for Dream {
             hidden.narrow(1, r.start - 1, r.len())?
         };
         self.lm_head.forward(&shifted)
+    }
+
+    fn forward_capture(&self, batch: &Batch, positions: Range<usize>) -> Result<(Tensor, KvCache)> {
+        if positions.start == 0 {
+            candle_core::bail!("Dream has no logits for column 0 in a cached pass")
+        }
+        let (hidden, cache) = self.trunk.hidden_states_capture(batch)?;
+        let logits =
+            self.lm_head
+                .forward(&hidden.narrow(1, positions.start - 1, positions.len())?)?;
+        Ok((logits, cache))
+    }
+
+    fn forward_cached(
+        &self,
+        batch: &Batch,
+        cache: &KvCache,
+        positions: Range<usize>,
+        mode: KvCacheMode,
+    ) -> Result<Tensor> {
+        // Column i's logits come from hidden state i - 1: recompute from one column early.
+        let cols = recomputed_columns(&positions, batch.width(), 1, mode)?;
+        let hidden = self
+            .trunk
+            .hidden_states_window(batch, cols.clone(), cache)?;
+        self.lm_head.forward(&hidden.narrow(1, 0, positions.len())?)
     }
 
     fn vocab_size(&self) -> usize {

@@ -3,6 +3,12 @@
 //! The model files load weights under their own checkpoint names and assemble these
 //! parts; the parts know nothing about names. Attention here is bidirectional: the
 //! only mask is the padding bias carried by [`Batch`].
+//!
+//! Fast-dLLM's KV caching lives here too: a full pass can hand back every layer's keys
+//! and values ([`KvCache`]), and a later pass can recompute only a window of columns,
+//! taking the other columns' keys and values from that cache.
+
+use std::ops::Range;
 
 use candle_core::{DType, Device, Module, Result, Tensor};
 use candle_nn::{Embedding, Linear, RmsNorm};
@@ -67,14 +73,85 @@ pub struct Attention {
     pub head_dim: usize,
 }
 
+/// Every layer's keys (after rotary) and values, `[B, kv_heads, T, head_dim]`, from a
+/// full pass over a batch.
+#[derive(Debug, Clone)]
+pub struct KvCache {
+    pub layers: Vec<(Tensor, Tensor)>,
+}
+
+impl KvCache {
+    /// Columns of the grid the cache covers.
+    pub fn width(&self) -> usize {
+        self.layers.first().map_or(0, |(k, _)| k.dims()[2])
+    }
+
+    /// Row `row`, columns `cols`: one sequence's cache out of a padded batch's.
+    pub fn row(&self, row: usize, cols: Range<usize>) -> Result<Self> {
+        let layers = self
+            .layers
+            .iter()
+            .map(|(k, v)| {
+                Ok((
+                    k.narrow(0, row, 1)?.narrow(2, cols.start, cols.len())?,
+                    v.narrow(0, row, 1)?.narrow(2, cols.start, cols.len())?,
+                ))
+            })
+            .collect::<Result<_>>()?;
+        Ok(Self { layers })
+    }
+
+    /// Stacks same-width caches along the batch dimension.
+    pub fn stack(caches: &[&Self]) -> Result<Self> {
+        let Some(first) = caches.first() else {
+            candle_core::bail!("no caches to stack")
+        };
+        if caches.len() == 1 {
+            return Ok((*first).clone());
+        }
+        let layers = (0..first.layers.len())
+            .map(|l| {
+                let ks: Vec<&Tensor> = caches.iter().map(|c| &c.layers[l].0).collect();
+                let vs: Vec<&Tensor> = caches.iter().map(|c| &c.layers[l].1).collect();
+                Ok((Tensor::cat(&ks, 0)?, Tensor::cat(&vs, 0)?))
+            })
+            .collect::<Result<_>>()?;
+        Ok(Self { layers })
+    }
+}
+
+/// The window's fresh keys or values between the cached ones before and after it.
+fn splice(cached: &Tensor, fresh: &Tensor, cols: &Range<usize>) -> Result<Tensor> {
+    let width = cached.dim(2)?;
+    let mut parts = Vec::with_capacity(3);
+    if cols.start > 0 {
+        parts.push(cached.narrow(2, 0, cols.start)?);
+    }
+    parts.push(fresh.clone());
+    if cols.end < width {
+        parts.push(cached.narrow(2, cols.end, width - cols.end)?);
+    }
+    if parts.len() == 1 {
+        return Ok(fresh.clone());
+    }
+    Tensor::cat(&parts, 2)
+}
+
+/// Keys and values a window pass takes from the cache: `(keys, values, window columns)`.
+type CachedKv<'a> = (&'a Tensor, &'a Tensor, &'a Range<usize>);
+
 impl Attention {
+    /// Attention for the tokens in `x`. Without `cached`, `x` is the whole grid; with it,
+    /// `x` is the window `cols` and the other columns' keys/values come from the cache.
+    /// Returns the output and this pass's own keys/values (for capturing).
     fn forward(
         &self,
         x: &Tensor,
         cos: &Tensor,
         sin: &Tensor,
         bias: Option<&Tensor>,
-    ) -> Result<Tensor> {
+        cached: Option<CachedKv<'_>>,
+    ) -> Result<(Tensor, (Tensor, Tensor))> {
         let (b, t, _) = x.dims3()?;
         let heads = |proj: &Linear, n: usize| -> Result<Tensor> {
             proj.forward(x)?
@@ -83,8 +160,12 @@ impl Attention {
                 .contiguous()
         };
         let q = candle_nn::rotary_emb::rope(&heads(&self.q, self.n_heads)?, cos, sin)?;
-        let k = candle_nn::rotary_emb::rope(&heads(&self.k, self.n_kv_heads)?, cos, sin)?;
-        let v = heads(&self.v, self.n_kv_heads)?;
+        let k_own = candle_nn::rotary_emb::rope(&heads(&self.k, self.n_kv_heads)?, cos, sin)?;
+        let v_own = heads(&self.v, self.n_kv_heads)?;
+        let (k, v) = match cached {
+            Some((ck, cv, cols)) => (splice(ck, &k_own, cols)?, splice(cv, &v_own, cols)?),
+            None => (k_own.clone(), v_own.clone()),
+        };
         let group = self.n_heads / self.n_kv_heads;
         let k = repeat_kv(k, group)?;
         let v = repeat_kv(v, group)?;
@@ -99,7 +180,7 @@ impl Attention {
                 .matmul(&v)?
                 .transpose(1, 2)?
                 .reshape((b, t, self.n_heads * self.head_dim))?;
-        self.o.forward(&out)
+        Ok((self.o.forward(&out)?, (k_own, v_own)))
     }
 }
 
@@ -145,11 +226,13 @@ impl Block {
         cos: &Tensor,
         sin: &Tensor,
         bias: Option<&Tensor>,
-    ) -> Result<Tensor> {
-        let x = (x + self
+        cached: Option<CachedKv<'_>>,
+    ) -> Result<(Tensor, (Tensor, Tensor))> {
+        let (attn, kv) = self
             .attn
-            .forward(&self.attn_norm.forward(x)?, cos, sin, bias)?)?;
-        &x + self.mlp.forward(&self.mlp_norm.forward(&x)?)?
+            .forward(&self.attn_norm.forward(x)?, cos, sin, bias, cached)?;
+        let x = (x + attn)?;
+        Ok(((&x + self.mlp.forward(&self.mlp_norm.forward(&x)?)?)?, kv))
     }
 }
 
@@ -165,12 +248,66 @@ pub struct Trunk {
 impl Trunk {
     /// Final hidden states `[B, T, H]`.
     pub fn hidden_states(&self, batch: &Batch) -> Result<Tensor> {
-        let (cos, sin) = self.rotary.for_positions(&batch.positions)?;
-        let mut x = self.embed.forward(&batch.input_ids)?;
-        for block in &self.blocks {
-            x = block.forward(&x, &cos, &sin, batch.attention_bias.as_ref())?;
+        Ok(self.run(batch, None, false)?.0)
+    }
+
+    /// Final hidden states of the whole grid and every layer's keys/values.
+    pub fn hidden_states_capture(&self, batch: &Batch) -> Result<(Tensor, KvCache)> {
+        let (hidden, cache) = self.run(batch, None, true)?;
+        let cache = cache.ok_or_else(|| candle_core::Error::Msg("no cache captured".into()))?;
+        Ok((hidden, cache))
+    }
+
+    /// Final hidden states `[B, cols.len(), H]` of the columns `cols` only: their keys and
+    /// values are recomputed, every other column's come from `cache` (captured from a
+    /// batch of the same shape). Exact when nothing outside `cols` changed since.
+    pub fn hidden_states_window(
+        &self,
+        batch: &Batch,
+        cols: Range<usize>,
+        cache: &KvCache,
+    ) -> Result<Tensor> {
+        if cache.width() != batch.width() || cache.layers.len() != self.blocks.len() {
+            candle_core::bail!(
+                "KV cache of {} columns x {} layers does not fit a batch of {} columns x {} layers",
+                cache.width(),
+                cache.layers.len(),
+                batch.width(),
+                self.blocks.len()
+            )
         }
-        self.norm.forward(&x)
+        Ok(self.run(batch, Some((cols, cache)), false)?.0)
+    }
+
+    fn run(
+        &self,
+        batch: &Batch,
+        window: Option<(Range<usize>, &KvCache)>,
+        capture: bool,
+    ) -> Result<(Tensor, Option<KvCache>)> {
+        let (ids, positions) = match &window {
+            Some((cols, _)) => (
+                batch.input_ids.narrow(1, cols.start, cols.len())?,
+                batch.positions.narrow(1, cols.start, cols.len())?,
+            ),
+            None => (batch.input_ids.clone(), batch.positions.clone()),
+        };
+        let (cos, sin) = self.rotary.for_positions(&positions)?;
+        let mut x = self.embed.forward(&ids)?;
+        let mut captured = Vec::with_capacity(if capture { self.blocks.len() } else { 0 });
+        for (i, block) in self.blocks.iter().enumerate() {
+            let cached = window
+                .as_ref()
+                .map(|(cols, cache)| (&cache.layers[i].0, &cache.layers[i].1, cols));
+            let (next, kv) =
+                block.forward(&x, &cos, &sin, batch.attention_bias.as_ref(), cached)?;
+            if capture {
+                captured.push(kv);
+            }
+            x = next;
+        }
+        let cache = capture.then_some(KvCache { layers: captured });
+        Ok((self.norm.forward(&x)?, cache))
     }
 }
 

@@ -10,7 +10,8 @@ use serde_json::Value;
 
 use super::layers::{check_heads, Attention, Block, RotaryTable, SwiGlu, Trunk};
 use super::loader::{f64_field, usize_field};
-use super::{Batch, DiffusionLm, ModelError};
+use super::{recomputed_columns, Batch, DiffusionLm, KvCache, ModelError};
+use crate::decoding::KvCacheMode;
 
 /// The fields of LLaDA's config.json that shape the network.
 #[derive(Debug, Clone, PartialEq)]
@@ -138,6 +139,29 @@ impl DiffusionLm for Llada {
             None => hidden,
         };
         self.lm_head.forward(&hidden)
+    }
+
+    fn forward_capture(&self, batch: &Batch, positions: Range<usize>) -> Result<(Tensor, KvCache)> {
+        let (hidden, cache) = self.trunk.hidden_states_capture(batch)?;
+        let logits =
+            self.lm_head
+                .forward(&hidden.narrow(1, positions.start, positions.len())?)?;
+        Ok((logits, cache))
+    }
+
+    fn forward_cached(
+        &self,
+        batch: &Batch,
+        cache: &KvCache,
+        positions: Range<usize>,
+        mode: KvCacheMode,
+    ) -> Result<Tensor> {
+        let cols = recomputed_columns(&positions, batch.width(), 0, mode)?;
+        let hidden = self
+            .trunk
+            .hidden_states_window(batch, cols.clone(), cache)?;
+        self.lm_head
+            .forward(&hidden.narrow(1, positions.start - cols.start, positions.len())?)
     }
 
     fn vocab_size(&self) -> usize {

@@ -21,7 +21,28 @@ use std::str::FromStr;
 use candle_core::{DType, Device, Tensor};
 use serde_json::Value;
 
+pub use layers::KvCache;
 pub use loader::{weight_files, ModelError};
+
+use crate::decoding::KvCacheMode;
+
+/// Grid columns a cached pass recomputes to produce logits for `positions`, for a model
+/// whose logits at column i come from hidden state `i - shift` (Dream: 1).
+pub fn recomputed_columns(
+    positions: &Range<usize>,
+    width: usize,
+    shift: usize,
+    mode: KvCacheMode,
+) -> candle_core::Result<Range<usize>> {
+    if positions.start < shift || positions.end > width || positions.is_empty() {
+        candle_core::bail!("logits window {positions:?} does not fit a grid of {width} columns")
+    }
+    let start = positions.start - shift;
+    Ok(match mode {
+        KvCacheMode::Dual => start..positions.end - shift,
+        KvCacheMode::Prefix | KvCacheMode::None => start..width,
+    })
+}
 
 /// Architectures the runtime can run, named as in `config.json`'s `model_type`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -223,6 +244,25 @@ pub trait DiffusionLm: Send + Sync {
         &self,
         batch: &Batch,
         positions: Option<Range<usize>>,
+    ) -> candle_core::Result<Tensor>;
+
+    /// [`Self::forward`] that also returns every layer's keys and values for the grid.
+    fn forward_capture(
+        &self,
+        batch: &Batch,
+        positions: Range<usize>,
+    ) -> candle_core::Result<(Tensor, KvCache)>;
+
+    /// Logits for `positions` from a pass that recomputes only the columns `mode` needs
+    /// (the block for `dual`, the block and everything after it for `prefix`), taking
+    /// every other column's keys/values from `cache`, captured on a batch of the same
+    /// shape. Approximate by design: the cached columns do not see the block's changes.
+    fn forward_cached(
+        &self,
+        batch: &Batch,
+        cache: &KvCache,
+        positions: Range<usize>,
+        mode: KvCacheMode,
     ) -> candle_core::Result<Tensor>;
 
     /// Rows of the LM head (may exceed the tokenizer's vocabulary, as in LLaDA).

@@ -5,7 +5,9 @@ use serde::Deserialize;
 
 use super::errors::ApiError;
 use crate::config::DecodingDefaults;
-use crate::decoding::{default_block_length, DiffusionParams, Remasking};
+use crate::decoding::{
+    default_block_length, DiffusionParams, KvCacheMode, Mor, Parallel, Remasking,
+};
 use crate::tokenizer::ChatMessage;
 
 pub const MAX_N: u32 = 8;
@@ -42,6 +44,107 @@ pub struct Sampling {
     pub steps: Option<i64>,
     pub block_length: Option<i64>,
     pub remasking: Option<String>,
+    /// Fast decoding (docs/decoding.md): `{"mode": "threshold"|"factor"|"off",
+    /// "threshold", "factor", "max_parallel"}`.
+    pub apd: Option<ApdRequest>,
+    /// `{"enabled", "min_recursions", "max_recursions", "confidence_threshold"}`.
+    pub mor: Option<MorRequest>,
+    /// `none`, `prefix` or `dual`.
+    pub kv_cache: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct ApdRequest {
+    pub mode: Option<String>,
+    pub threshold: Option<f64>,
+    pub factor: Option<f64>,
+    pub max_parallel: Option<i64>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct MorRequest {
+    pub enabled: Option<bool>,
+    pub min_recursions: Option<i64>,
+    pub max_recursions: Option<i64>,
+    pub confidence_threshold: Option<f64>,
+}
+
+/// The request's APD over the deployment's: unset fields keep the deployment's values.
+fn resolve_apd(req: &ApdRequest, default: Parallel) -> Result<Parallel, ApiError> {
+    let (d_threshold, d_factor, d_max) = match default {
+        Parallel::Schedule => (0.9, 1.0, 16),
+        Parallel::Threshold {
+            threshold,
+            max_parallel,
+        } => (threshold, 1.0, max_parallel),
+        Parallel::Factor {
+            factor,
+            max_parallel,
+        } => (0.9, factor, max_parallel),
+    };
+    let max_parallel = match req.max_parallel {
+        None => d_max,
+        Some(m) if m >= 1 => m as usize,
+        Some(m) => {
+            return Err(ApiError::invalid(
+                "apd.max_parallel",
+                format!("apd.max_parallel must be at least 1, got {m}"),
+            ))
+        }
+    };
+    let mode = req.mode.as_deref().unwrap_or(match default {
+        Parallel::Factor { .. } => "factor",
+        _ => "threshold",
+    });
+    match mode {
+        "off" => Ok(Parallel::Schedule),
+        "threshold" => Ok(Parallel::Threshold {
+            threshold: req.threshold.map_or(d_threshold, |t| t as f32),
+            max_parallel,
+        }),
+        "factor" => Ok(Parallel::Factor {
+            factor: req.factor.map_or(d_factor, |f| f as f32),
+            max_parallel,
+        }),
+        other => Err(ApiError::invalid(
+            "apd.mode",
+            format!("unknown apd.mode {other:?} (expected threshold, factor or off)"),
+        )),
+    }
+}
+
+fn resolve_mor(req: &MorRequest, default: Option<Mor>) -> Result<Option<Mor>, ApiError> {
+    if !req.enabled.unwrap_or(true) {
+        return Ok(None);
+    }
+    let base = default.unwrap_or(Mor {
+        min_recursions: 0,
+        max_recursions: 2,
+        confidence_threshold: 0.7,
+    });
+    let count = |param: &str, v: Option<i64>, d: usize| match v {
+        None => Ok(d),
+        Some(n) if (0..=16).contains(&n) => Ok(n as usize),
+        Some(n) => Err(ApiError::invalid(
+            param,
+            format!("{param} must be between 0 and 16, got {n}"),
+        )),
+    };
+    Ok(Some(Mor {
+        min_recursions: count(
+            "mor.min_recursions",
+            req.min_recursions,
+            base.min_recursions,
+        )?,
+        max_recursions: count(
+            "mor.max_recursions",
+            req.max_recursions,
+            base.max_recursions,
+        )?,
+        confidence_threshold: req
+            .confidence_threshold
+            .map_or(base.confidence_threshold, |t| t as f32),
+    }))
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -255,6 +358,20 @@ pub fn resolve(s: &Sampling, defaults: &DecodingDefaults) -> Result<Resolved, Ap
         Some(steps) => steps,
         None => default_steps(max_tokens, block_length, defaults),
     };
+    let parallel = match &s.apd {
+        Some(a) => resolve_apd(a, defaults.parallel)?,
+        None => defaults.parallel,
+    };
+    let mor = match &s.mor {
+        Some(m) => resolve_mor(m, defaults.mor)?,
+        None => defaults.mor,
+    };
+    let kv_cache = match &s.kv_cache {
+        Some(k) => k
+            .parse::<KvCacheMode>()
+            .map_err(|m| ApiError::invalid("kv_cache", m))?,
+        None => defaults.kv_cache,
+    };
     Ok(Resolved {
         params: DiffusionParams {
             gen_length: max_tokens,
@@ -265,6 +382,9 @@ pub fn resolve(s: &Sampling, defaults: &DecodingDefaults) -> Result<Resolved, Ap
             top_p: top_p as f32,
             seed,
             stop_at_eos: true,
+            parallel,
+            mor,
+            kv_cache,
         },
         n: n as usize,
         stops,

@@ -42,12 +42,16 @@ def http_status(url):
         return 0
 
 
+BUNDLED = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "..", "models", "dfastllm-tiny-llada")
+
+
 class Server:
-    def __init__(self, arch, *extra, demo_args=()):
+    def __init__(self, arch, *extra, demo_args=(), model_dir=None):
         self.dir = tempfile.TemporaryDirectory()
-        model = os.path.join(self.dir.name, arch)
-        subprocess.run([BIN, "demo-model", "--arch", arch, "--out", model, "--max-context", "512", *demo_args],
-                       check=True, capture_output=True)
+        model = model_dir or os.path.join(self.dir.name, arch)
+        if model_dir is None:
+            subprocess.run([BIN, "demo-model", "--arch", arch, "--out", model, "--max-context", "512", *demo_args],
+                           check=True, capture_output=True)
         self.proc = subprocess.Popen(
             [BIN, "serve", "--model", model, "--served-name", f"{arch}-demo", "--aliases", "gpt-3.5-turbo",
              "--host", "127.0.0.1", "--port", "0", "--api-keys", KEY, *extra],
@@ -253,3 +257,46 @@ def test_timeout_is_504_and_draining_is_503():
         assert s.proc.wait(timeout=60) == 0
     finally:
         s.dir.cleanup()
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    """The bundled trained model (models/dfastllm-tiny-llada)."""
+    s = Server("llada", "--max-tokens", "32", "--block-length", "8", model_dir=BUNDLED)
+    yield s
+    s.close()
+
+
+def test_bundled_model_answers_and_fast_decoding_is_chosen_per_request(tiny):
+    def ask(**extra):
+        r = tiny.client.completions.create(model="gpt-3.5-turbo", prompt="sort 9081726=", max_tokens=32,
+                                           temperature=0, extra_body=extra)
+        return r.choices[0].text, r.model_extra["dfastllm"]["forward_passes"]
+
+    text, passes = ask()
+    assert text == "0126789"
+    fast_text, fast_passes = ask(apd={"mode": "threshold", "threshold": 0.9}, kv_cache="dual")
+    assert fast_text == text
+    assert fast_passes * 4 <= passes, (fast_passes, passes)
+    factor_text, factor_passes = ask(apd={"mode": "factor", "factor": 1.0}, mor={"max_recursions": 1})
+    assert factor_text == text and factor_passes < passes
+    # The model was trained on plain prompts (no chat template): stream a completion.
+    stream = tiny.client.completions.create(
+        model="gpt-3.5-turbo", prompt="rev hello=", max_tokens=32, temperature=0, stream=True,
+        extra_body={"apd": {"mode": "threshold"}, "kv_cache": "prefix"})
+    assert "".join(c.choices[0].text for c in stream if c.choices) == "olleh"
+
+
+@pytest.mark.parametrize("extra,param", [
+    ({"apd": {"mode": "fastest"}}, "apd.mode"),
+    ({"apd": {"mode": "threshold", "threshold": 1.5}}, "apd.threshold"),
+    ({"apd": {"mode": "factor", "factor": 0}}, "apd.factor"),
+    ({"apd": {"max_parallel": 0}}, "apd.max_parallel"),
+    ({"kv_cache": "full"}, "kv_cache"),
+    ({"mor": {"min_recursions": 3, "max_recursions": 1}}, "mor.min_recursions"),
+])
+def test_fast_decoding_fields_are_validated(tiny, extra, param):
+    with pytest.raises(openai.BadRequestError) as e:
+        tiny.client.completions.create(model="gpt-3.5-turbo", prompt="sort 21=", max_tokens=32, extra_body=extra)
+    assert e.value.status_code == 400
+    assert e.value.body["param"] == param

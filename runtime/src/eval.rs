@@ -1,0 +1,236 @@
+//! `dfastllm eval`: exact-match accuracy and cost of decoding configurations on a JSONL
+//! set of `{"prompt", "answer"}` lines, measured one after another in one run so the
+//! rows compare side by side.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::Path;
+use std::time::Instant;
+
+use serde::Serialize;
+
+use crate::decoding::{step_batch, DiffusionParams, DiffusionSequence, KvCacheMode};
+use crate::generation::{GenerationError, Generator};
+
+#[derive(Debug, thiserror::Error)]
+pub enum EvalError {
+    #[error("{path}: {message}")]
+    Data { path: String, message: String },
+    #[error(transparent)]
+    Generation(#[from] GenerationError),
+}
+
+/// One line of the eval set.
+#[derive(Debug, Clone, PartialEq, serde::Deserialize)]
+pub struct Example {
+    pub prompt: String,
+    pub answer: String,
+    /// Task family, for the per-kind breakdown.
+    #[serde(default)]
+    pub kind: Option<String>,
+}
+
+/// Reads a JSONL eval set; errors name the file and line.
+pub fn read_examples(path: &Path) -> Result<Vec<Example>, EvalError> {
+    let err = |message: String| EvalError::Data {
+        path: path.display().to_string(),
+        message,
+    };
+    let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
+    let mut out = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let ex: Example = serde_json::from_str(line).map_err(|e| {
+            err(format!(
+                "line {}: {e} (expected {{\"prompt\", \"answer\"}})",
+                i + 1
+            ))
+        })?;
+        if ex.prompt.is_empty() {
+            return Err(err(format!("line {}: empty prompt", i + 1)));
+        }
+        out.push(ex);
+    }
+    if out.is_empty() {
+        return Err(err("no examples".into()));
+    }
+    Ok(out)
+}
+
+/// A named decoding configuration; `params.gen_length` is the answer region.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub name: String,
+    pub params: DiffusionParams,
+}
+
+/// One row of the table.
+#[derive(Debug, Clone, Serialize)]
+pub struct Row {
+    pub name: String,
+    pub apd: String,
+    pub kv_cache: KvCacheMode,
+    pub mor: bool,
+    pub examples: usize,
+    pub correct: usize,
+    /// Exact-match accuracy in percent.
+    pub accuracy: f64,
+    pub mean_forward_passes: f64,
+    /// Answer-region tokens decoded per forward pass.
+    pub tokens_per_forward: f64,
+    /// Answer-region tokens decoded per second of wall time.
+    pub tokens_per_second: f64,
+    pub seconds: f64,
+    /// Accuracy (percent) per task kind.
+    pub by_kind: BTreeMap<String, f64>,
+    /// Each example's decoded answer, in input order (for side-by-side comparisons).
+    pub answers: Vec<String>,
+}
+
+/// Decodes every example under each configuration, `batch` sequences at a time.
+pub fn run(
+    generator: &Generator,
+    examples: &[Example],
+    configs: &[Config],
+    batch: usize,
+) -> Result<Vec<Row>, EvalError> {
+    let prompts: Vec<Vec<u32>> = examples
+        .iter()
+        .map(|e| generator.tokenizer.encode(&e.prompt))
+        .collect::<Result<_, _>>()
+        .map_err(GenerationError::from)?;
+    let model = generator.model.model.as_ref();
+    let special = &generator.model.special;
+    let mut rows = Vec::with_capacity(configs.len());
+    for config in configs {
+        let start = Instant::now();
+        let mut answers = Vec::with_capacity(examples.len());
+        let mut passes = 0usize;
+        let mut decoded = 0usize;
+        for chunk in prompts.chunks(batch.max(1)) {
+            let mut seqs = chunk
+                .iter()
+                .map(|p| {
+                    DiffusionSequence::new(p, config.params.clone(), special, model.max_context())
+                })
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(GenerationError::from)?;
+            while seqs.iter().any(|s| !s.is_finished()) {
+                let mut refs: Vec<&mut DiffusionSequence> = seqs.iter_mut().collect();
+                step_batch(model, &mut refs, special.pad_id).map_err(GenerationError::from)?;
+            }
+            for seq in &seqs {
+                let answer = seq.answer();
+                passes += answer.forward_passes;
+                decoded += seq.committed_answer_tokens();
+                answers.push(
+                    generator
+                        .tokenizer
+                        .decode(&answer.token_ids)
+                        .map_err(GenerationError::from)?,
+                );
+            }
+        }
+        let seconds = start.elapsed().as_secs_f64();
+        let mut kinds: BTreeMap<String, (usize, usize)> = BTreeMap::new();
+        let mut correct = 0;
+        for (ex, got) in examples.iter().zip(&answers) {
+            let ok = got.trim() == ex.answer.trim();
+            correct += usize::from(ok);
+            let k = kinds
+                .entry(ex.kind.clone().unwrap_or_else(|| "all".into()))
+                .or_default();
+            k.0 += usize::from(ok);
+            k.1 += 1;
+        }
+        let n = examples.len() as f64;
+        rows.push(Row {
+            name: config.name.clone(),
+            apd: describe_apd(&config.params),
+            kv_cache: config.params.kv_cache,
+            mor: config.params.mor.is_some(),
+            examples: examples.len(),
+            correct,
+            accuracy: 100.0 * correct as f64 / n,
+            mean_forward_passes: passes as f64 / n,
+            tokens_per_forward: decoded as f64 / passes.max(1) as f64,
+            tokens_per_second: decoded as f64 / seconds.max(1e-9),
+            seconds,
+            by_kind: kinds
+                .into_iter()
+                .map(|(k, (c, t))| (k, 100.0 * c as f64 / t as f64))
+                .collect(),
+            answers,
+        });
+    }
+    Ok(rows)
+}
+
+fn describe_apd(p: &DiffusionParams) -> String {
+    match p.parallel {
+        crate::decoding::Parallel::Schedule => format!("steps {}", p.steps),
+        crate::decoding::Parallel::Threshold { threshold, .. } => format!("threshold {threshold}"),
+        crate::decoding::Parallel::Factor { factor, .. } => format!("factor {factor}"),
+    }
+}
+
+/// The rows as a Markdown table, with each row's speed relative to the first row.
+pub fn table(rows: &[Row]) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "| config | commit rule | kv cache | MoR | accuracy | forward passes / answer | tokens / pass | tokens / s | passes vs first | tokens/s vs first |"
+    );
+    let _ = writeln!(out, "|---|---|---|---|---|---|---|---|---|---|");
+    let base = rows.first();
+    for r in rows {
+        let (passes_ratio, speed_ratio) = base.map_or((1.0, 1.0), |b| {
+            (
+                b.mean_forward_passes / r.mean_forward_passes.max(1e-9),
+                r.tokens_per_second / b.tokens_per_second.max(1e-9),
+            )
+        });
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {} | {:.1}% ({}/{}) | {:.2} | {:.2} | {:.0} | {:.2}x fewer | {:.2}x |",
+            r.name,
+            r.apd,
+            r.kv_cache,
+            if r.mor { "on" } else { "off" },
+            r.accuracy,
+            r.correct,
+            r.examples,
+            r.mean_forward_passes,
+            r.tokens_per_forward,
+            r.tokens_per_second,
+            passes_ratio,
+            speed_ratio
+        );
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bad_lines_are_reported_with_their_number() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("set.jsonl");
+        std::fs::write(
+            &path,
+            "{\"prompt\": \"a\", \"answer\": \"b\"}\n\n{\"prompt\": 1}\n",
+        )
+        .unwrap();
+        let err = read_examples(&path).unwrap_err().to_string();
+        assert!(err.contains("line 3"), "{err}");
+        std::fs::write(&path, "").unwrap();
+        assert!(read_examples(&path)
+            .unwrap_err()
+            .to_string()
+            .contains("no examples"));
+    }
+}
