@@ -12,7 +12,7 @@ EVAL_DATA ?= models/eval/tasks-heldout.jsonl
 
 serve:
 	$(CARGO) build --release -p dfastllm-runtime --bin dfastllm
-	target/release/dfastllm serve --model $(MODEL_DIR) --served-name dfastllm-tiny --port 8000 --log-format text --apd threshold --kv-cache dual
+	target/release/dfastllm serve --model $(MODEL_DIR) --served-name dfastllm-tiny --port 8000 --log-format text --max-tokens 32 --block-length 8 --apd threshold --kv-cache dual
 
 # Every decoding strategy on the bundled model's held-out set (docs/decoding.md).
 eval:

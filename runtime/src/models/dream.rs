@@ -11,7 +11,7 @@ use serde_json::Value;
 
 use super::layers::{check_heads, Attention, Block, RotaryTable, SwiGlu, Trunk};
 use super::loader::{f64_field, usize_field};
-use super::{recomputed_columns, Batch, DiffusionLm, KvCache, ModelError};
+use super::{Batch, DiffusionLm, KvCache, ModelError};
 use crate::decoding::KvCacheMode;
 
 /// The fields of Dream's (Qwen2-style) config.json that shape the network.
@@ -148,14 +148,8 @@ impl DiffusionLm for Dream {
     }
 
     fn forward_capture(&self, batch: &Batch, positions: Range<usize>) -> Result<(Tensor, KvCache)> {
-        if positions.start == 0 {
-            candle_core::bail!("Dream has no logits for column 0 in a cached pass")
-        }
-        let (hidden, cache) = self.trunk.hidden_states_capture(batch)?;
-        let logits =
-            self.lm_head
-                .forward(&hidden.narrow(1, positions.start - 1, positions.len())?)?;
-        Ok((logits, cache))
+        self.trunk
+            .logits_capture(&self.lm_head, batch, positions, 1)
     }
 
     fn forward_cached(
@@ -165,12 +159,9 @@ impl DiffusionLm for Dream {
         positions: Range<usize>,
         mode: KvCacheMode,
     ) -> Result<Tensor> {
-        // Column i's logits come from hidden state i - 1: recompute from one column early.
-        let cols = recomputed_columns(&positions, batch.width(), 1, mode)?;
-        let hidden = self
-            .trunk
-            .hidden_states_window(batch, cols.clone(), cache)?;
-        self.lm_head.forward(&hidden.narrow(1, 0, positions.len())?)
+        // Column i's logits come from hidden state i - 1.
+        self.trunk
+            .logits_cached(&self.lm_head, batch, cache, positions, mode, 1)
     }
 
     fn vocab_size(&self) -> usize {

@@ -279,6 +279,40 @@ impl Trunk {
         Ok(self.run(batch, Some((cols, cache)), false)?.0)
     }
 
+    /// `lm_head` logits for `positions` from a full pass that also captures the cache,
+    /// for a model whose logits at column i come from hidden state `i - shift`.
+    pub fn logits_capture(
+        &self,
+        lm_head: &Linear,
+        batch: &Batch,
+        positions: Range<usize>,
+        shift: usize,
+    ) -> Result<(Tensor, KvCache)> {
+        if positions.start < shift {
+            candle_core::bail!("no logits for column {} in a cached pass", positions.start)
+        }
+        let (hidden, cache) = self.hidden_states_capture(batch)?;
+        let logits =
+            lm_head.forward(&hidden.narrow(1, positions.start - shift, positions.len())?)?;
+        Ok((logits, cache))
+    }
+
+    /// `lm_head` logits for `positions` from a windowed pass over the columns `mode`
+    /// recomputes (see [`super::recomputed_columns`]), the rest taken from `cache`.
+    pub fn logits_cached(
+        &self,
+        lm_head: &Linear,
+        batch: &Batch,
+        cache: &KvCache,
+        positions: Range<usize>,
+        mode: crate::decoding::KvCacheMode,
+        shift: usize,
+    ) -> Result<Tensor> {
+        let cols = super::recomputed_columns(&positions, batch.width(), shift, mode)?;
+        let hidden = self.hidden_states_window(batch, cols.clone(), cache)?;
+        lm_head.forward(&hidden.narrow(1, positions.start - shift - cols.start, positions.len())?)
+    }
+
     fn run(
         &self,
         batch: &Batch,

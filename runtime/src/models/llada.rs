@@ -10,7 +10,7 @@ use serde_json::Value;
 
 use super::layers::{check_heads, Attention, Block, RotaryTable, SwiGlu, Trunk};
 use super::loader::{f64_field, usize_field};
-use super::{recomputed_columns, Batch, DiffusionLm, KvCache, ModelError};
+use super::{Batch, DiffusionLm, KvCache, ModelError};
 use crate::decoding::KvCacheMode;
 
 /// The fields of LLaDA's config.json that shape the network.
@@ -142,11 +142,8 @@ impl DiffusionLm for Llada {
     }
 
     fn forward_capture(&self, batch: &Batch, positions: Range<usize>) -> Result<(Tensor, KvCache)> {
-        let (hidden, cache) = self.trunk.hidden_states_capture(batch)?;
-        let logits =
-            self.lm_head
-                .forward(&hidden.narrow(1, positions.start, positions.len())?)?;
-        Ok((logits, cache))
+        self.trunk
+            .logits_capture(&self.lm_head, batch, positions, 0)
     }
 
     fn forward_cached(
@@ -156,12 +153,8 @@ impl DiffusionLm for Llada {
         positions: Range<usize>,
         mode: KvCacheMode,
     ) -> Result<Tensor> {
-        let cols = recomputed_columns(&positions, batch.width(), 0, mode)?;
-        let hidden = self
-            .trunk
-            .hidden_states_window(batch, cols.clone(), cache)?;
-        self.lm_head
-            .forward(&hidden.narrow(1, positions.start - cols.start, positions.len())?)
+        self.trunk
+            .logits_cached(&self.lm_head, batch, cache, positions, mode, 0)
     }
 
     fn vocab_size(&self) -> usize {
