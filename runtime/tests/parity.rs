@@ -149,3 +149,71 @@ fn llada_greedy_generation_matches_reference_sampler() {
 fn dream_greedy_generation_matches_reference_sampler() {
     check_generation("dream");
 }
+
+#[derive(Deserialize)]
+struct ArFixture {
+    rows: Vec<ArRow>,
+}
+
+#[derive(Deserialize)]
+struct ArRow {
+    input_ids: Vec<u32>,
+    logits: Vec<Vec<f32>>,
+    greedy: Vec<u32>,
+}
+
+/// The bundled autoregressive model (models/dfastllm-tiny-ar) against transformers'
+/// LlamaForCausalLM: logits of every position and a 16-token greedy continuation.
+#[test]
+fn llama_matches_transformers_causal_logits_and_greedy() {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let fixture: ArFixture = serde_json::from_str(
+        &std::fs::read_to_string(root.join("tests/fixtures/parity/llama-ar/expected.json"))
+            .unwrap(),
+    )
+    .unwrap();
+    let model = models::llama::load(
+        &root.join("../models/dfastllm-tiny-ar"),
+        &Device::Cpu,
+        DType::F32,
+    )
+    .unwrap();
+    let logits_of = |rows: &[&[u32]]| {
+        let batch = Batch::left_padded(rows, 257, &Device::Cpu, DType::F32).unwrap();
+        (model.forward(&batch).unwrap(), batch.pad_lengths)
+    };
+    let mut worst = 0f32;
+    for row in &fixture.rows {
+        let (logits, _) = logits_of(&[&row.input_ids]);
+        let ours = logits.get(0).unwrap().to_vec2::<f32>().unwrap();
+        for (a, b) in ours.iter().flatten().zip(row.logits.iter().flatten()) {
+            worst = worst.max((a - b).abs());
+        }
+        let mut seq = row.input_ids.clone();
+        for _ in 0..row.greedy.len() {
+            let (logits, _) = logits_of(&[&seq]);
+            let last = logits.get(0).unwrap().get(seq.len() - 1).unwrap();
+            seq.push(last.argmax(0).unwrap().to_scalar::<u32>().unwrap());
+        }
+        assert_eq!(seq[row.input_ids.len()..], row.greedy[..]);
+    }
+    eprintln!("llama: max |logit difference| against transformers {worst}");
+    assert!(worst < 1e-4, "max |logit difference| {worst}");
+
+    // Left padding changes nothing for the real positions.
+    let (a, b) = (&fixture.rows[0].input_ids, &fixture.rows[1].input_ids);
+    let (both, pads) = logits_of(&[a, b]);
+    let (alone, _) = logits_of(&[b]);
+    let padded = both.get(1).unwrap().narrow(0, pads[1], b.len()).unwrap();
+    let diff = (padded - alone.get(0).unwrap())
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    assert!(diff < 1e-5, "padding changed the logits by {diff}");
+}

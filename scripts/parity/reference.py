@@ -596,6 +596,31 @@ def cmd_eval(args):
     )
 
 
+def cmd_ar_fixture(args):
+    """Logits and a greedy continuation of an autoregressive Llama checkpoint (causal)."""
+    from tokenizers import Tokenizer
+    from transformers import LlamaForCausalLM
+
+    model = LlamaForCausalLM.from_pretrained(args.model, attn_implementation="eager").float().eval()
+    tok = Tokenizer.from_file(os.path.join(args.model, "tokenizer.json"))
+    rows = [tok.encode(p, add_special_tokens=False).ids for p in args.prompts]
+    out = {"model": os.path.basename(os.path.normpath(args.model)), "rows": []}
+    with torch.inference_mode():
+        for ids in rows:
+            logits = model(input_ids=torch.tensor([ids])).logits[0].float()
+            greedy = list(ids)
+            for _ in range(args.continue_tokens):
+                nxt = int(model(input_ids=torch.tensor([greedy])).logits[0, -1].argmax())
+                greedy.append(nxt)
+            out["rows"].append(
+                {"input_ids": ids, "logits": [round_floats(r) for r in logits.tolist()], "greedy": greedy[len(ids):]}
+            )
+    with open(args.out, "w", encoding="utf-8") as f:
+        json.dump(out, f)
+        f.write("\n")
+    log(f"wrote {args.out}")
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -624,6 +649,13 @@ def main(argv=None):
     ev.add_argument("--limit", type=int, default=0)
     ev.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0 = default)")
     ev.set_defaults(func=cmd_eval)
+
+    ar = sub.add_parser("ar-fixture", help="causal Llama logits + greedy continuation fixture")
+    ar.add_argument("--model", required=True, help="Llama checkpoint directory (HF layout)")
+    ar.add_argument("--out", required=True, help="output JSON file")
+    ar.add_argument("--continue-tokens", type=int, default=16)
+    ar.add_argument("--prompts", nargs="+", default=["sort 52913=", "rev hello=", "add 47+85="])
+    ar.set_defaults(func=cmd_ar_fixture)
 
     args = parser.parse_args(argv)
     args.func(args)

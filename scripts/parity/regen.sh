@@ -23,3 +23,8 @@ for arch in "${archs[@]}"; do
     "$PY" scripts/parity/reference.py fixtures --arch "$arch" --model "$dir" --out "$dir/expected.json"
     echo "regen.sh: wrote $dir" >&2
 done
+
+# The bundled autoregressive model against LlamaForCausalLM (causal logits + greedy).
+"$PY" scripts/parity/reference.py ar-fixture --model models/dfastllm-tiny-ar \
+    --out runtime/tests/fixtures/parity/llama-ar/expected.json
+echo "regen.sh: wrote runtime/tests/fixtures/parity/llama-ar" >&2

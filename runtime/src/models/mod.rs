@@ -11,6 +11,7 @@
 pub mod dream;
 pub mod layers;
 pub mod llada;
+pub mod llama;
 mod loader;
 
 use std::fmt;
@@ -231,6 +232,27 @@ impl Batch {
 
     pub fn width(&self) -> usize {
         self.input_ids.dims().get(1).copied().unwrap_or(0)
+    }
+
+    /// The same batch with a causal `[B, 1, T, T]` bias: position i sees the real tokens
+    /// at positions <= i. A padding position sees only itself, which keeps its (unused)
+    /// row finite: an all-masked row would give NaN keys that leak into real rows.
+    pub fn with_causal_bias(&self, dtype: DType) -> candle_core::Result<Self> {
+        let (b, t) = self.input_ids.dims2()?;
+        let mut bias = Vec::with_capacity(b * t * t);
+        for &pad in &self.pad_lengths {
+            for i in 0..t {
+                for j in 0..t {
+                    let seen = (j <= i && j >= pad) || j == i;
+                    bias.push(if seen { 0.0f32 } else { f32::NEG_INFINITY });
+                }
+            }
+        }
+        let bias = Tensor::from_vec(bias, (b, 1, t, t), self.input_ids.device())?;
+        Ok(Self {
+            attention_bias: Some(bias.to_dtype(dtype)?),
+            ..self.clone()
+        })
     }
 }
 
