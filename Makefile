@@ -19,6 +19,8 @@ eval:
 	$(CARGO) build --release -p dfastllm-runtime --bin dfastllm
 	target/release/dfastllm --threads 2 eval --model $(MODEL_DIR) --data $(EVAL_DATA) \
 		--strategies baseline,threshold,factor,mor,threshold+mor --kv-cache none,prefix,dual
+	target/release/dfastllm --threads 2 eval --model $(MODEL_DIR) --data $(EVAL_DATA) \
+		--strategies baseline,threshold,verifier --kv-cache none --apd-verifier models/dfastllm-tiny-ar
 
 # Our baseline against LLaDA's reference decoding in transformers (same answers, speed).
 eval-reference:

@@ -9,8 +9,11 @@ use std::time::Instant;
 
 use serde::Serialize;
 
-use crate::decoding::{step_batch, DiffusionParams, DiffusionSequence, KvCacheMode};
+use crate::decoding::{
+    step_batch, verifier, DiffusionParams, DiffusionSequence, KvCacheMode, Parallel,
+};
 use crate::generation::{GenerationError, Generator};
+use crate::models::llama::Llama;
 
 #[derive(Debug, thiserror::Error)]
 pub enum EvalError {
@@ -89,12 +92,14 @@ pub struct Row {
     pub answers: Vec<String>,
 }
 
-/// Decodes every example under each configuration, `batch` sequences at a time.
+/// Decodes every example under each configuration, `batch` sequences at a time
+/// (verifier configurations one at a time, with `verifier` as the autoregressive model).
 pub fn run(
     generator: &Generator,
     examples: &[Example],
     configs: &[Config],
     batch: usize,
+    verifier: Option<&Llama>,
 ) -> Result<Vec<Row>, EvalError> {
     let prompts: Vec<Vec<u32>> = examples
         .iter()
@@ -109,7 +114,9 @@ pub fn run(
         let mut answers = Vec::with_capacity(examples.len());
         let mut passes = 0usize;
         let mut decoded = 0usize;
-        for chunk in prompts.chunks(batch.max(1)) {
+        let uses_verifier = matches!(config.params.parallel, Parallel::Verifier { .. });
+        let chunk_size = if uses_verifier { 1 } else { batch.max(1) };
+        for chunk in prompts.chunks(chunk_size) {
             let mut seqs = chunk
                 .iter()
                 .map(|p| {
@@ -117,6 +124,18 @@ pub fn run(
                 })
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(GenerationError::from)?;
+            if uses_verifier {
+                let Some(ar) = verifier else {
+                    return Err(EvalError::Data {
+                        path: config.name.clone(),
+                        message: "the verifier strategy needs a verifier model".into(),
+                    });
+                };
+                for seq in &mut seqs {
+                    verifier::generate(model, ar, seq, special.pad_id)
+                        .map_err(GenerationError::from)?;
+                }
+            }
             while seqs.iter().any(|s| !s.is_finished()) {
                 let mut refs: Vec<&mut DiffusionSequence> = seqs.iter_mut().collect();
                 step_batch(model, &mut refs, special.pad_id).map_err(GenerationError::from)?;
@@ -173,6 +192,9 @@ fn describe_apd(p: &DiffusionParams) -> String {
         crate::decoding::Parallel::Schedule => format!("steps {}", p.steps),
         crate::decoding::Parallel::Threshold { threshold, .. } => format!("threshold {threshold}"),
         crate::decoding::Parallel::Factor { factor, .. } => format!("factor {factor}"),
+        crate::decoding::Parallel::Verifier { mix, max_lookahead } => {
+            format!("verifier mix {mix}, lookahead {max_lookahead}")
+        }
     }
 }
 

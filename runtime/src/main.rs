@@ -107,8 +107,9 @@ struct EvalArgs {
     /// JSONL file of {"prompt", "answer"[, "kind"]} lines.
     #[arg(long, env = "DFASTLLM_EVAL_DATA")]
     data: PathBuf,
-    /// Comma-separated: baseline (one token per step), threshold, factor, mor
-    /// (baseline + MoR), threshold+mor, factor+mor.
+    /// Comma-separated: baseline (one token per step), threshold, factor, verifier
+    /// (needs --apd-verifier; runs without KV cache), mor (baseline + MoR),
+    /// threshold+mor, factor+mor.
     #[arg(
         long,
         env = "DFASTLLM_EVAL_STRATEGIES",
@@ -151,6 +152,16 @@ struct EvalArgs {
     mor_max_recursions: usize,
     #[arg(long, env = "DFASTLLM_MOR_THRESHOLD", default_value_t = 0.7)]
     mor_threshold: f32,
+    /// Autoregressive Llama checkpoint with the same tokenizer, for the `verifier`
+    /// strategy (e.g. models/dfastllm-tiny-ar).
+    #[arg(long, env = "DFASTLLM_APD_VERIFIER")]
+    apd_verifier: Option<PathBuf>,
+    /// The verifier's mixture weight R of the diffusion model (p_dLLM^R * p_AR^(1-R)).
+    #[arg(long, env = "DFASTLLM_APD_MIX", default_value_t = 0.7)]
+    apd_mix: f32,
+    /// Positions the diffusion model drafts per step for the verifier.
+    #[arg(long, env = "DFASTLLM_APD_MAX_LOOKAHEAD", default_value_t = 8)]
+    apd_max_lookahead: usize,
     /// Print JSON instead of the table.
     #[arg(long, env = "DFASTLLM_JSON")]
     json: bool,
@@ -431,8 +442,21 @@ fn eval_configs(args: &EvalArgs) -> anyhow::Result<Vec<dfastllm::eval::Config>> 
                     factor: args.apd_factor,
                     max_parallel: args.apd_max_parallel,
                 },
+                "verifier" => {
+                    if args.apd_verifier.is_none() {
+                        bail!("--strategies: verifier needs --apd-verifier DIR (an autoregressive model with the same tokenizer)");
+                    }
+                    if kv_cache != KvCacheMode::None {
+                        // The verifier path has no KV cache: one row, not one per mode.
+                        continue;
+                    }
+                    Parallel::Verifier {
+                        mix: args.apd_mix,
+                        max_lookahead: args.apd_max_lookahead,
+                    }
+                }
                 other => bail!(
-                    "--strategies: unknown {other:?} (expected baseline, threshold, factor, mor, or RULE+mor)"
+                    "--strategies: unknown {other:?} (expected baseline, threshold, factor, verifier, mor, or RULE+mor)"
                 ),
             };
             configs.push(dfastllm::eval::Config {
@@ -461,7 +485,20 @@ fn run_eval(args: EvalArgs) -> anyhow::Result<()> {
     if let Some(n) = args.limit {
         examples.truncate(n);
     }
-    let rows = match dfastllm::eval::run(&generator, &examples, &configs, args.batch) {
+    let verifier = match &args.apd_verifier {
+        Some(dir) => Some(
+            models::llama::load(dir, &device, generator.model.dtype)
+                .map_err(|e| anyhow::anyhow!("--apd-verifier: {e}"))?,
+        ),
+        None => None,
+    };
+    let rows = match dfastllm::eval::run(
+        &generator,
+        &examples,
+        &configs,
+        args.batch,
+        verifier.as_ref(),
+    ) {
         Err(dfastllm::eval::EvalError::Generation(GenerationError::Decode(
             DecodeError::InvalidParam { param, message },
         ))) => bail!("{}: {message}", flag_of(param)),

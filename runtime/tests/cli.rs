@@ -382,6 +382,20 @@ fn eval_errors_name_the_flag() {
         "{}",
         stderr_line(&o)
     );
+    let o = dfastllm(&[
+        "eval",
+        "--model",
+        &model,
+        "--data",
+        &data,
+        "--strategies",
+        "verifier",
+    ]);
+    assert!(
+        stderr_line(&o).contains("--apd-verifier"),
+        "{}",
+        stderr_line(&o)
+    );
     let o = dfastllm(&["eval", "--model", &model, "--data", "/nonexistent.jsonl"]);
     assert!(stderr_line(&o).contains("--data"), "{}", stderr_line(&o));
     let o = dfastllm(&[
@@ -402,4 +416,47 @@ fn eval_errors_name_the_flag() {
         "{}",
         stderr_line(&o)
     );
+}
+
+#[test]
+fn eval_runs_the_apd_verifier_with_the_bundled_autoregressive_model() {
+    let model = bundled("models/dfastllm-tiny-llada");
+    let ar = bundled("models/dfastllm-tiny-ar");
+    let data = bundled("models/eval/tasks-heldout.jsonl");
+    let o = dfastllm(&[
+        "--threads",
+        "2",
+        "eval",
+        "--model",
+        &model,
+        "--data",
+        &data,
+        "--limit",
+        "16",
+        "--strategies",
+        "baseline,verifier",
+        "--kv-cache",
+        "none,dual",
+        "--apd-verifier",
+        &ar,
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let rows = v["rows"].as_array().unwrap();
+    let names: Vec<&str> = rows.iter().map(|r| r["name"].as_str().unwrap()).collect();
+    assert_eq!(
+        names,
+        ["baseline/none", "verifier/none", "baseline/dual"],
+        "one verifier row"
+    );
+    let passes = |i: usize| rows[i]["mean_forward_passes"].as_f64().unwrap();
+    // At least one token per diffusion pass, up to the lookahead of 8.
+    assert!(
+        passes(1) >= 4.0 && passes(1) * 2.0 <= passes(0),
+        "{} vs {}",
+        passes(1),
+        passes(0)
+    );
+    assert_eq!(rows[1]["answers"].as_array().unwrap().len(), 16);
 }

@@ -102,7 +102,7 @@ fn nucleus(logits: &Tensor, top_p: f32) -> Result<Tensor> {
 }
 
 /// A standard Gumbel sample, `-ln(-ln(u))` with `u` strictly inside (0, 1).
-fn gumbel(rng: &mut ChaCha8Rng) -> f32 {
+pub(crate) fn gumbel(rng: &mut ChaCha8Rng) -> f32 {
     let u: f64 = rng.random_range(f64::MIN_POSITIVE..1.0);
     (-(-u.ln()).ln()) as f32
 }

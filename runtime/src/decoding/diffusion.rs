@@ -144,6 +144,19 @@ impl DiffusionSequence {
         self.cache = None;
     }
 
+    /// The first masked position of the current block, if any.
+    pub fn first_masked(&self) -> Option<usize> {
+        self.block_range().find(|&p| self.tokens[p] == self.mask_id)
+    }
+
+    pub fn mask_id(&self) -> u32 {
+        self.mask_id
+    }
+
+    pub(crate) fn rng(&mut self) -> &mut ChaCha8Rng {
+        &mut self.rng
+    }
+
     /// Whether the next pass must run the whole grid (no cache, or caching is off).
     fn needs_full_pass(&self) -> bool {
         self.params.kv_cache == KvCacheMode::None || self.cache.is_none()
@@ -238,6 +251,27 @@ impl DiffusionSequence {
             self.tokens[pos] = p.token;
             self.confidence[pos - self.prompt_len] = p.probability;
         }
+        self.finish_step();
+    }
+
+    /// Commits `tokens` (with their probabilities) left to right from the block's first
+    /// masked position, as one step: the verifier's accepted prefix.
+    pub fn commit_prefix(&mut self, tokens: &[(u32, f32)]) {
+        let range = self.block_range();
+        let masked: Vec<usize> = range
+            .clone()
+            .filter(|&p| self.tokens[p] == self.mask_id)
+            .collect();
+        for (&pos, &(token, probability)) in masked.iter().zip(tokens) {
+            self.tokens[pos] = token;
+            self.confidence[pos - self.prompt_len] = probability;
+        }
+        self.finish_step();
+    }
+
+    /// Counts the pass, then moves to a MoR recursion, the end, or the next block.
+    fn finish_step(&mut self) {
+        let range = self.block_range();
         self.refining = false;
         self.forward_passes += 1;
         self.steps += 1;
@@ -345,6 +379,16 @@ pub fn step_batch(
     let active: Vec<usize> = (0..seqs.len())
         .filter(|&i| !seqs[i].is_finished())
         .collect();
+    if active
+        .iter()
+        .any(|&i| matches!(seqs[i].params.parallel, super::Parallel::Verifier { .. }))
+    {
+        return Err(DecodeError::InvalidParam {
+            param: "apd.mode",
+            message: "verifier decoding needs the verifier model: use decoding::verifier::generate"
+                .into(),
+        });
+    }
     let (full, cached): (Vec<usize>, Vec<usize>) =
         active.into_iter().partition(|&i| seqs[i].needs_full_pass());
     if !full.is_empty() {

@@ -9,6 +9,7 @@
 pub mod confidence;
 pub mod diffusion;
 pub mod strategy;
+pub mod verifier;
 
 use std::fmt;
 use std::str::FromStr;
@@ -174,6 +175,17 @@ impl DiffusionParams {
         }
         match self.parallel {
             Parallel::Schedule => {}
+            Parallel::Verifier { mix, max_lookahead } => {
+                if !(0.0..=1.0).contains(&mix) {
+                    return invalid("apd.mix", format!("apd.mix must be in [0, 1], got {mix}"));
+                }
+                if max_lookahead == 0 {
+                    return invalid(
+                        "apd.max_lookahead",
+                        "apd.max_lookahead must be at least 1".into(),
+                    );
+                }
+            }
             Parallel::Threshold {
                 threshold,
                 max_parallel,

@@ -21,6 +21,13 @@ pub enum Parallel {
     /// while its confidence is at least `1 - factor / (n + 1)`; the first always; at most
     /// `max_parallel`.
     Factor { factor: f32, max_parallel: usize },
+    /// The APD paper's verifier: a small autoregressive model with the same tokenizer
+    /// scores the dLLM's left-to-right draft of up to `max_lookahead` positions; the
+    /// target is the product mixture `p_dLLM^mix * p_AR^(1 - mix)`, sampled with the
+    /// draft's Gumbel noise, and the longest agreeing prefix is committed (plus the
+    /// target's token at the first disagreement). Needs the verifier model, so only
+    /// `dfastllm eval --apd-verifier` runs it so far.
+    Verifier { mix: f32, max_lookahead: usize },
 }
 
 impl Parallel {
@@ -34,6 +41,7 @@ impl Parallel {
             Self::Schedule => "schedule",
             Self::Threshold { .. } => "threshold",
             Self::Factor { .. } => "factor",
+            Self::Verifier { .. } => "verifier",
         }
     }
 
@@ -62,6 +70,8 @@ impl Parallel {
                 .take_while(|&(i, &c)| i == 0 || c >= 1.0 - factor / (i as f32 + 2.0))
                 .count()
                 .min(max_parallel.max(1)),
+            // The verifier commits what it accepted, decided outside this rule.
+            Self::Verifier { .. } => 1,
         }
     }
 }

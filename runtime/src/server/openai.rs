@@ -72,7 +72,7 @@ pub struct MorRequest {
 /// The request's APD over the deployment's: unset fields keep the deployment's values.
 fn resolve_apd(req: &ApdRequest, default: Parallel) -> Result<Parallel, ApiError> {
     let (d_threshold, d_factor, d_max) = match default {
-        Parallel::Schedule => (0.9, 1.0, 16),
+        Parallel::Schedule | Parallel::Verifier { .. } => (0.9, 1.0, 16),
         Parallel::Threshold {
             threshold,
             max_parallel,
