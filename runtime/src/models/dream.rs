@@ -3,64 +3,15 @@
 //! predicts the token at position i from the hidden state at i - 1.
 
 use std::ops::Range;
-use std::path::Path;
 
 use candle_core::{DType, Device, Module, Result, Tensor};
-use candle_nn::{embedding, linear, linear_no_bias, rms_norm, Linear, VarBuilder};
-use serde_json::Value;
+use candle_nn::{Linear, VarBuilder};
 
-use super::layers::{check_heads, Attention, Block, RotaryTable, SwiGlu, Trunk};
-use super::loader::{f64_field, usize_field};
-use super::{Batch, DiffusionLm, KvCache, ModelError};
+use super::layers::Trunk;
+use super::{Batch, DiffusionLm, KvCache};
 use crate::decoding::KvCacheMode;
 
-/// The fields of Dream's (Qwen2-style) config.json that shape the network.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Config {
-    pub hidden_size: usize,
-    pub intermediate_size: usize,
-    pub num_hidden_layers: usize,
-    pub num_attention_heads: usize,
-    pub num_key_value_heads: usize,
-    pub vocab_size: usize,
-    pub rope_theta: f64,
-    pub rms_norm_eps: f64,
-    pub max_position_embeddings: usize,
-    pub tie_word_embeddings: bool,
-}
-
-impl Config {
-    pub fn from_value(v: &Value, path: &Path) -> std::result::Result<Self, ModelError> {
-        let hidden_size = usize_field(v, "hidden_size", path)?;
-        let num_attention_heads = usize_field(v, "num_attention_heads", path)?;
-        let num_key_value_heads =
-            usize_field(v, "num_key_value_heads", path).unwrap_or(num_attention_heads);
-        check_heads(hidden_size, num_attention_heads, num_key_value_heads).map_err(|message| {
-            ModelError::InvalidFile {
-                path: path.to_path_buf(),
-                message,
-            }
-        })?;
-        Ok(Self {
-            hidden_size,
-            intermediate_size: usize_field(v, "intermediate_size", path)?,
-            num_hidden_layers: usize_field(v, "num_hidden_layers", path)?,
-            num_attention_heads,
-            num_key_value_heads,
-            vocab_size: usize_field(v, "vocab_size", path)?,
-            rope_theta: f64_field(v, "rope_theta", 10_000.0),
-            rms_norm_eps: f64_field(v, "rms_norm_eps", 1e-6),
-            // Dream's 131072 would make a 131072-row rotary table: cap what we precompute.
-            max_position_embeddings: usize_field(v, "max_position_embeddings", path)
-                .unwrap_or(32_768)
-                .min(32_768),
-            tie_word_embeddings: v
-                .get("tie_word_embeddings")
-                .and_then(Value::as_bool)
-                .unwrap_or(false),
-        })
-    }
-}
+pub use super::hf::Config;
 
 #[derive(Debug, Clone)]
 pub struct Dream {
@@ -71,56 +22,9 @@ pub struct Dream {
 
 impl Dream {
     pub fn load(cfg: &Config, vb: VarBuilder) -> Result<Self> {
-        let head_dim = cfg.hidden_size / cfg.num_attention_heads;
-        let kv_dim = cfg.num_key_value_heads * head_dim;
-        let h = cfg.hidden_size;
-        let m = vb.pp("model");
-        let embed = embedding(cfg.vocab_size, h, m.pp("embed_tokens"))?;
-        let blocks = (0..cfg.num_hidden_layers)
-            .map(|i| {
-                let l = m.pp("layers").pp(i);
-                let a = l.pp("self_attn");
-                let f = l.pp("mlp");
-                Ok(Block {
-                    attn_norm: rms_norm(h, cfg.rms_norm_eps, l.pp("input_layernorm"))?,
-                    attn: Attention {
-                        q: linear(h, h, a.pp("q_proj"))?,
-                        k: linear(h, kv_dim, a.pp("k_proj"))?,
-                        v: linear(h, kv_dim, a.pp("v_proj"))?,
-                        o: linear_no_bias(h, h, a.pp("o_proj"))?,
-                        n_heads: cfg.num_attention_heads,
-                        n_kv_heads: cfg.num_key_value_heads,
-                        head_dim,
-                    },
-                    mlp_norm: rms_norm(h, cfg.rms_norm_eps, l.pp("post_attention_layernorm"))?,
-                    mlp: SwiGlu {
-                        gate: linear_no_bias(h, cfg.intermediate_size, f.pp("gate_proj"))?,
-                        up: linear_no_bias(h, cfg.intermediate_size, f.pp("up_proj"))?,
-                        down: linear_no_bias(cfg.intermediate_size, h, f.pp("down_proj"))?,
-                    },
-                })
-            })
-            .collect::<Result<Vec<_>>>()?;
-        let norm = rms_norm(h, cfg.rms_norm_eps, m.pp("norm"))?;
-        let lm_head = if cfg.tie_word_embeddings {
-            Linear::new(embed.embeddings().clone(), None)
-        } else {
-            linear_no_bias(h, cfg.vocab_size, vb.pp("lm_head"))?
-        };
-        let rotary = RotaryTable::new(
-            head_dim,
-            cfg.max_position_embeddings,
-            cfg.rope_theta,
-            vb.dtype(),
-            vb.device(),
-        )?;
+        let (trunk, lm_head) = super::hf::build(cfg, vb, true)?;
         Ok(Self {
-            trunk: Trunk {
-                embed,
-                blocks,
-                norm,
-                rotary,
-            },
+            trunk,
             lm_head,
             config: cfg.clone(),
         })

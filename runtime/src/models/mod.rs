@@ -9,6 +9,7 @@
 //! model file, so the samplers never see them.
 
 pub mod dream;
+mod hf;
 pub mod layers;
 pub mod llada;
 pub mod llama;
