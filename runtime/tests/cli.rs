@@ -295,11 +295,11 @@ fn bundled(path: &str) -> String {
         .into_owned()
 }
 
-#[test]
-fn eval_on_the_bundled_model_shows_what_fast_decoding_buys() {
+/// `dfastllm eval --json` on the bundled model's first `limit` held-out prompts; its rows.
+fn eval_rows(limit: &str, extra: &[&str]) -> Vec<serde_json::Value> {
     let model = bundled("models/dfastllm-tiny-llada");
     let data = bundled("models/eval/tasks-heldout.jsonl");
-    let o = dfastllm(&[
+    let mut args = vec![
         "--threads",
         "2",
         "eval",
@@ -308,16 +308,27 @@ fn eval_on_the_bundled_model_shows_what_fast_decoding_buys() {
         "--data",
         &data,
         "--limit",
-        "24",
-        "--strategies",
-        "baseline,threshold,factor+mor",
-        "--kv-cache",
-        "none,dual",
+        limit,
         "--json",
-    ]);
+    ];
+    args.extend_from_slice(extra);
+    let o = dfastllm(&args);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-    let rows = v["rows"].as_array().unwrap();
+    v["rows"].as_array().unwrap().clone()
+}
+
+#[test]
+fn eval_on_the_bundled_model_shows_what_fast_decoding_buys() {
+    let rows = eval_rows(
+        "24",
+        &[
+            "--strategies",
+            "baseline,threshold,factor+mor",
+            "--kv-cache",
+            "none,dual",
+        ],
+    );
     let names: Vec<&str> = rows.iter().map(|r| r["name"].as_str().unwrap()).collect();
     assert_eq!(
         names,
@@ -330,7 +341,7 @@ fn eval_on_the_bundled_model_shows_what_fast_decoding_buys() {
             "factor+mor/dual"
         ]
     );
-    for r in rows {
+    for r in &rows {
         for field in [
             "accuracy",
             "mean_forward_passes",
@@ -420,30 +431,18 @@ fn eval_errors_name_the_flag() {
 
 #[test]
 fn eval_runs_the_apd_verifier_with_the_bundled_autoregressive_model() {
-    let model = bundled("models/dfastllm-tiny-llada");
     let ar = bundled("models/dfastllm-tiny-ar");
-    let data = bundled("models/eval/tasks-heldout.jsonl");
-    let o = dfastllm(&[
-        "--threads",
-        "2",
-        "eval",
-        "--model",
-        &model,
-        "--data",
-        &data,
-        "--limit",
+    let rows = eval_rows(
         "16",
-        "--strategies",
-        "baseline,verifier",
-        "--kv-cache",
-        "none,dual",
-        "--apd-verifier",
-        &ar,
-        "--json",
-    ]);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-    let rows = v["rows"].as_array().unwrap();
+        &[
+            "--strategies",
+            "baseline,verifier",
+            "--kv-cache",
+            "none,dual",
+            "--apd-verifier",
+            &ar,
+        ],
+    );
     let names: Vec<&str> = rows.iter().map(|r| r["name"].as_str().unwrap()).collect();
     assert_eq!(
         names,

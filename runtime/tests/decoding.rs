@@ -1,6 +1,9 @@
 //! Decoding on real (demo) checkpoints: batching, seeds, logits windows, loading paths.
 
-use candle_core::{DType, Device, Tensor};
+mod common;
+
+use candle_core::{DType, Device};
+use common::max_diff;
 use dfastllm::decoding::{
     generate, step_batch, DiffusionParams, DiffusionSequence, KvCacheMode, Parallel, Remasking,
 };
@@ -12,19 +15,6 @@ fn demo(spec: DemoSpec) -> (tempfile::TempDir, LoadedModel) {
     write_demo_model(&spec, dir.path()).unwrap();
     let model = models::load(dir.path(), &Device::Cpu, DTypeChoice::F32).unwrap();
     (dir, model)
-}
-
-fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
 }
 
 fn params(gen: usize, block: usize, steps: usize) -> DiffusionParams {

@@ -4,6 +4,8 @@
 //! Qwen2ForCausalLM (Dream) under a bidirectional mask. Regenerate them with
 //! `scripts/parity/regen.sh`.
 
+mod common;
+
 use std::path::PathBuf;
 
 use candle_core::{DType, Device};
@@ -205,15 +207,6 @@ fn llama_matches_transformers_causal_logits_and_greedy() {
     let (both, pads) = logits_of(&[a, b]);
     let (alone, _) = logits_of(&[b]);
     let padded = both.get(1).unwrap().narrow(0, pads[1], b.len()).unwrap();
-    let diff = (padded - alone.get(0).unwrap())
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap();
+    let diff = common::max_diff(&padded, &alone.get(0).unwrap());
     assert!(diff < 1e-5, "padding changed the logits by {diff}");
 }
