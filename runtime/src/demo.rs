@@ -1,7 +1,8 @@
 //! `dfastllm demo-model`: tiny checkpoints with random weights in the real upstream
 //! layouts (config field names, weight names, tokenizer files), so every test and demo
-//! exercises the same loading code as a real LLaDA or Dream checkpoint without
-//! downloading one. Output is a pure function of the spec: same seed, same bytes.
+//! exercises the same loading code as a real LLaDA, Dream, Llama, Qwen2, Phi or GPT-2
+//! checkpoint without downloading one, and `transformers` loads them too. Output is a
+//! pure function of the spec: same seed, same bytes.
 //!
 //! The vocabulary is byte-level (ids 0-255 are the bytes, so any text encodes), followed
 //! by the architecture's real special tokens under their real names. Their ids are
@@ -71,7 +72,8 @@ pub struct DemoSpec {
     pub layers: usize,
     pub hidden: usize,
     pub heads: usize,
-    /// Key/value heads; default: all heads for LLaDA, half for Dream (GQA like upstream).
+    /// Key/value heads; default: half the heads for Dream, Llama and Qwen2 (GQA like
+    /// upstream), all of them otherwise.
     pub kv_heads: Option<usize>,
     /// MLP width; default 2 x hidden.
     pub intermediate: Option<usize>,
@@ -103,8 +105,10 @@ impl DemoSpec {
 
     fn kv_heads(&self) -> usize {
         self.kv_heads.unwrap_or(match self.arch {
-            Architecture::Llada => self.heads,
-            Architecture::Dream => (self.heads / 2).max(1),
+            Architecture::Dream | Architecture::Llama | Architecture::Qwen2 => {
+                (self.heads / 2).max(1)
+            }
+            Architecture::Llada | Architecture::Phi | Architecture::Gpt2 => self.heads,
         })
     }
 
@@ -125,6 +129,9 @@ fn special_token_names(arch: Architecture) -> &'static [&'static str] {
             "<|mdm_mask|>",
         ],
         Architecture::Dream => &["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|mask|>"],
+        Architecture::Llama => &["<s>", "</s>"],
+        Architecture::Qwen2 => &["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
+        Architecture::Phi | Architecture::Gpt2 => &["<|endoftext|>"],
     }
 }
 
@@ -139,6 +146,9 @@ fn special_id(arch: Architecture, name: &str) -> u32 {
 const LLADA_CHAT_TEMPLATE: &str = "{% set loop_messages = messages %}{% for message in loop_messages %}{% set content = '<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n'+ message['content'] | trim + '<|eot_id|>' %}{% if loop.index0 == 0 %}{% set content = bos_token + content %}{% endif %}{{ content }}{% endfor %}{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{% endif %}";
 
 const DREAM_CHAT_TEMPLATE: &str = "{%- for message in messages %}{%- if loop.first and message.role != 'system' %}{{- '<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n' }}{%- endif %}{{- '<|im_start|>' + message.role + '\n' + message.content + '<|im_end|>\n' }}{%- endfor %}{%- if add_generation_prompt %}{{- '<|im_start|>assistant\n' }}{%- endif %}";
+
+/// TinyLlama-Chat's (Zephyr's) template.
+const ZEPHYR_CHAT_TEMPLATE: &str = "{% for message in messages %}{% if message['role'] == 'user' %}{{ '<|user|>\n' + message['content'] + eos_token + '\n' }}{% elif message['role'] == 'system' %}{{ '<|system|>\n' + message['content'] + eos_token + '\n' }}{% elif message['role'] == 'assistant' %}{{ '<|assistant|>\n'  + message['content'] + eos_token + '\n' }}{% endif %}{% if loop.last and add_generation_prompt %}{{ '<|assistant|>\n' }}{% endif %}{% endfor %}";
 
 /// GPT-2's reversible byte -> printable character map used by byte-level BPE.
 fn byte_to_char(b: u8) -> char {
@@ -210,10 +220,39 @@ impl WeightSet {
         self.tensors.push((format!("{name}.weight"), vec![size], w));
     }
 
+    fn layer_norm(&mut self, name: &str, size: usize) {
+        self.norm(name, size);
+        self.bias(name, size);
+    }
+
+    fn linear_bias(&mut self, name: &str, out: usize, inp: usize) {
+        self.linear(name, out, inp);
+        self.bias(name, out);
+    }
+
+    /// GPT-2's `Conv1D`: the weight stored `[inp, out]`, and a bias.
+    fn conv1d(&mut self, name: &str, inp: usize, out: usize) {
+        let w = self.init.tensor(inp * out, 0.0, 1.0 / (inp as f32).sqrt());
+        self.tensors
+            .push((format!("{name}.weight"), vec![inp, out], w));
+        self.bias(name, out);
+    }
+
     fn embedding(&mut self, name: &str, rows: usize, dim: usize) {
-        let w = self.init.tensor(rows * dim, 0.0, 1.0);
+        self.embedding_std(name, rows, dim, 1.0);
+    }
+
+    fn embedding_std(&mut self, name: &str, rows: usize, dim: usize, std: f32) {
+        let w = self.init.tensor(rows * dim, 0.0, std);
         self.tensors
             .push((format!("{name}.weight"), vec![rows, dim], w));
+    }
+}
+
+fn tied_embedding_std(arch: Architecture) -> f32 {
+    match arch {
+        Architecture::Qwen2 | Architecture::Gpt2 => 0.1,
+        _ => 1.0,
     }
 }
 
@@ -244,14 +283,20 @@ fn weights(spec: &DemoSpec) -> WeightSet {
             ws.norm("model.transformer.ln_f", h);
             ws.linear("model.transformer.ff_out", v, h);
         }
-        Architecture::Dream => {
-            ws.embedding("model.embed_tokens", v, h);
+        Architecture::Dream | Architecture::Llama | Architecture::Qwen2 => {
+            let qkv_bias = spec.arch != Architecture::Llama;
+            // A tied LM head scores each token by its embedding: with unit-scale
+            // embeddings the residual stream keeps the input token on top and greedy
+            // decoding repeats it forever, which makes a useless parity test.
+            ws.embedding_std("model.embed_tokens", v, h, tied_embedding_std(spec.arch));
             for l in 0..spec.layers {
                 let b = format!("model.layers.{l}");
                 ws.norm(&format!("{b}.input_layernorm"), h);
                 for (proj, out) in [("q_proj", h), ("k_proj", kv), ("v_proj", kv)] {
                     ws.linear(&format!("{b}.self_attn.{proj}"), out, h);
-                    ws.bias(&format!("{b}.self_attn.{proj}"), out);
+                    if qkv_bias {
+                        ws.bias(&format!("{b}.self_attn.{proj}"), out);
+                    }
                 }
                 ws.linear(&format!("{b}.self_attn.o_proj"), h, h);
                 ws.norm(&format!("{b}.post_attention_layernorm"), h);
@@ -260,7 +305,38 @@ fn weights(spec: &DemoSpec) -> WeightSet {
                 ws.linear(&format!("{b}.mlp.down_proj"), h, i);
             }
             ws.norm("model.norm", h);
-            ws.linear("lm_head", v, h);
+            // Qwen2's small releases tie the LM head to the embedding.
+            if spec.arch != Architecture::Qwen2 {
+                ws.linear("lm_head", v, h);
+            }
+        }
+        Architecture::Phi => {
+            ws.embedding("model.embed_tokens", v, h);
+            for l in 0..spec.layers {
+                let b = format!("model.layers.{l}");
+                ws.layer_norm(&format!("{b}.input_layernorm"), h);
+                for (proj, out) in [("q_proj", h), ("k_proj", kv), ("v_proj", kv), ("dense", h)] {
+                    ws.linear_bias(&format!("{b}.self_attn.{proj}"), out, h);
+                }
+                ws.linear_bias(&format!("{b}.mlp.fc1"), i, h);
+                ws.linear_bias(&format!("{b}.mlp.fc2"), h, i);
+            }
+            ws.layer_norm("model.final_layernorm", h);
+            ws.linear_bias("lm_head", v, h);
+        }
+        Architecture::Gpt2 => {
+            ws.embedding_std("transformer.wte", v, h, tied_embedding_std(spec.arch));
+            ws.embedding("transformer.wpe", spec.max_context, h);
+            for l in 0..spec.layers {
+                let b = format!("transformer.h.{l}");
+                ws.layer_norm(&format!("{b}.ln_1"), h);
+                ws.conv1d(&format!("{b}.attn.c_attn"), h, 3 * h);
+                ws.conv1d(&format!("{b}.attn.c_proj"), h, h);
+                ws.layer_norm(&format!("{b}.ln_2"), h);
+                ws.conv1d(&format!("{b}.mlp.c_fc"), h, i);
+                ws.conv1d(&format!("{b}.mlp.c_proj"), i, h);
+            }
+            ws.layer_norm("transformer.ln_f", h);
         }
     }
     ws
@@ -333,6 +409,95 @@ fn config_json(spec: &DemoSpec) -> Value {
                 DEMO_MARKER: note,
             })
         }
+        Architecture::Llama => json!({
+            "architectures": ["LlamaForCausalLM"],
+            "attention_bias": false,
+            "bos_token_id": special_id(arch, "<s>"),
+            "eos_token_id": special_id(arch, "</s>"),
+            "hidden_act": "silu",
+            "hidden_size": spec.hidden,
+            "intermediate_size": spec.intermediate(),
+            "max_position_embeddings": spec.max_context,
+            "model_type": "llama",
+            "num_attention_heads": spec.heads,
+            "num_hidden_layers": spec.layers,
+            "num_key_value_heads": spec.kv_heads(),
+            "rms_norm_eps": 1e-5,
+            "rope_theta": 10000.0,
+            "tie_word_embeddings": false,
+            "torch_dtype": spec.dtype.torch_name(),
+            "vocab_size": spec.vocab,
+            DEMO_MARKER: note,
+        }),
+        Architecture::Qwen2 => {
+            let eos = special_id(arch, "<|endoftext|>");
+            json!({
+                "architectures": ["Qwen2ForCausalLM"],
+                "bos_token_id": eos,
+                "eos_token_id": eos,
+                "hidden_act": "silu",
+                "hidden_size": spec.hidden,
+                "intermediate_size": spec.intermediate(),
+                "max_position_embeddings": spec.max_context,
+                "model_type": "qwen2",
+                "num_attention_heads": spec.heads,
+                "num_hidden_layers": spec.layers,
+                "num_key_value_heads": spec.kv_heads(),
+                "rms_norm_eps": 1e-6,
+                "rope_theta": 1000000.0,
+                "tie_word_embeddings": true,
+                "torch_dtype": spec.dtype.torch_name(),
+                "use_sliding_window": false,
+                "vocab_size": spec.vocab,
+                DEMO_MARKER: note,
+            })
+        }
+        Architecture::Phi => {
+            let eos = special_id(arch, "<|endoftext|>");
+            json!({
+                "architectures": ["PhiForCausalLM"],
+                "bos_token_id": eos,
+                "eos_token_id": eos,
+                "hidden_act": "gelu_new",
+                "hidden_size": spec.hidden,
+                "intermediate_size": spec.intermediate(),
+                "layer_norm_eps": 1e-5,
+                "max_position_embeddings": spec.max_context,
+                "model_type": "phi",
+                "num_attention_heads": spec.heads,
+                "num_hidden_layers": spec.layers,
+                "num_key_value_heads": spec.kv_heads(),
+                "partial_rotary_factor": 0.5,
+                "qk_layernorm": false,
+                "rope_theta": 10000.0,
+                "tie_word_embeddings": false,
+                "torch_dtype": spec.dtype.torch_name(),
+                "vocab_size": spec.vocab,
+                DEMO_MARKER: note,
+            })
+        }
+        Architecture::Gpt2 => {
+            let eos = special_id(arch, "<|endoftext|>");
+            json!({
+                "activation_function": "gelu_new",
+                "architectures": ["GPT2LMHeadModel"],
+                "bos_token_id": eos,
+                "eos_token_id": eos,
+                "layer_norm_epsilon": 1e-5,
+                "model_type": "gpt2",
+                "n_embd": spec.hidden,
+                "n_head": spec.heads,
+                "n_inner": spec.intermediate(),
+                "n_layer": spec.layers,
+                "n_positions": spec.max_context,
+                "scale_attn_by_inverse_layer_idx": false,
+                "scale_attn_weights": true,
+                "tie_word_embeddings": true,
+                "torch_dtype": spec.dtype.torch_name(),
+                "vocab_size": spec.vocab,
+                DEMO_MARKER: note,
+            })
+        }
     }
 }
 
@@ -346,7 +511,7 @@ fn generation_config_json(arch: Architecture) -> Value {
                 "pad_token_id": eos,
             })
         }
-        Architecture::Dream => {
+        Architecture::Dream | Architecture::Qwen2 => {
             let eos = special_id(arch, "<|endoftext|>");
             json!({
                 "bos_token_id": eos,
@@ -354,22 +519,48 @@ fn generation_config_json(arch: Architecture) -> Value {
                 "pad_token_id": eos,
             })
         }
+        Architecture::Llama => json!({
+            "bos_token_id": special_id(arch, "<s>"),
+            "eos_token_id": special_id(arch, "</s>"),
+        }),
+        Architecture::Phi | Architecture::Gpt2 => {
+            let eos = special_id(arch, "<|endoftext|>");
+            json!({"bos_token_id": eos, "eos_token_id": eos})
+        }
     }
 }
 
 fn tokenizer_config_json(spec: &DemoSpec) -> Value {
-    let (bos, eos, template) = match spec.arch {
-        Architecture::Llada => ("<|startoftext|>", "<|endoftext|>", LLADA_CHAT_TEMPLATE),
-        Architecture::Dream => ("<|endoftext|>", "<|im_end|>", DREAM_CHAT_TEMPLATE),
+    // Phi-2 and GPT-2 ship without a chat template; chat requests to them are refused.
+    let (bos, eos, pad, template) = match spec.arch {
+        Architecture::Llada => (
+            "<|startoftext|>",
+            "<|endoftext|>",
+            "<|endoftext|>",
+            Some(LLADA_CHAT_TEMPLATE),
+        ),
+        Architecture::Dream | Architecture::Qwen2 => (
+            "<|endoftext|>",
+            "<|im_end|>",
+            "<|endoftext|>",
+            Some(DREAM_CHAT_TEMPLATE),
+        ),
+        Architecture::Llama => ("<s>", "</s>", "</s>", Some(ZEPHYR_CHAT_TEMPLATE)),
+        Architecture::Phi | Architecture::Gpt2 => {
+            ("<|endoftext|>", "<|endoftext|>", "<|endoftext|>", None)
+        }
     };
-    json!({
+    let mut config = json!({
         "bos_token": bos,
         "eos_token": eos,
-        "pad_token": "<|endoftext|>",
-        "chat_template": template,
+        "pad_token": pad,
         "model_max_length": spec.max_context,
         "tokenizer_class": "PreTrainedTokenizerFast",
-    })
+    });
+    if let Some(template) = template {
+        config["chat_template"] = json!(template);
+    }
+    config
 }
 
 fn validate(spec: &DemoSpec) -> Result<(), DemoError> {

@@ -13,7 +13,7 @@ use crate::decoding::{
     step_batch, verifier, DiffusionParams, DiffusionSequence, KvCacheMode, Parallel,
 };
 use crate::generation::{GenerationError, Generator};
-use crate::models::llama::Llama;
+use crate::models::causal::CausalModel;
 
 #[derive(Debug, thiserror::Error)]
 pub enum EvalError {
@@ -21,6 +21,8 @@ pub enum EvalError {
     Data { path: String, message: String },
     #[error(transparent)]
     Generation(#[from] GenerationError),
+    #[error("{0} is autoregressive: `dfastllm eval` compares diffusion decoding strategies")]
+    NotDiffusion(crate::models::Architecture),
 }
 
 /// One line of the eval set.
@@ -99,14 +101,18 @@ pub fn run(
     examples: &[Example],
     configs: &[Config],
     batch: usize,
-    verifier: Option<&Llama>,
+    verifier: Option<&CausalModel>,
 ) -> Result<Vec<Row>, EvalError> {
     let prompts: Vec<Vec<u32>> = examples
         .iter()
         .map(|e| generator.tokenizer.encode(&e.prompt))
         .collect::<Result<_, _>>()
         .map_err(GenerationError::from)?;
-    let model = generator.model.model.as_ref();
+    let model = generator
+        .model
+        .model
+        .diffusion()
+        .ok_or(EvalError::NotDiffusion(generator.model.architecture))?;
     let special = &generator.model.special;
     let mut rows = Vec::with_capacity(configs.len());
     for config in configs {

@@ -8,8 +8,11 @@ use std::time::Instant;
 use candle_core::Device;
 use serde::Serialize;
 
-use crate::decoding::{self, DecodeError, DiffusionParams, DiffusionSequence, FinishReason};
-use crate::models::{self, DTypeChoice, LoadedModel, ModelError};
+use crate::decoding::{
+    self, autoregressive, Answer, ArParams, ArSequence, DecodeError, DiffusionParams,
+    DiffusionSequence, FinishReason,
+};
+use crate::models::{self, DTypeChoice, LoadedModel, ModelError, Network};
 use crate::tokenizer::{ChatMessage, TextTokenizer, TokenizerError};
 
 #[derive(Debug, thiserror::Error)]
@@ -88,25 +91,29 @@ impl Generator {
         Ok(())
     }
 
+    /// Generates with a diffusion model, or with an autoregressive one from `ar` (the
+    /// diffusion-only knobs do not apply to it).
     pub fn generate(
         &self,
         prompt: &Prompt,
         params: DiffusionParams,
+        ar: ArParams,
     ) -> Result<GenerationOutput, GenerationError> {
         let prompt_ids = self.prompt_ids(prompt)?;
         self.check_ids(&prompt_ids)?;
         let start = Instant::now();
-        let mut seq = DiffusionSequence::new(
-            &prompt_ids,
-            params,
-            &self.model.special,
-            self.model.model.max_context(),
-        )?;
-        let answer = decoding::generate(
-            self.model.model.as_ref(),
-            &mut seq,
-            self.model.special.pad_id,
-        )?;
+        let special = &self.model.special;
+        let max_context = self.model.model.max_context();
+        let answer: Answer = match &self.model.model {
+            Network::Diffusion(m) => {
+                let mut seq = DiffusionSequence::new(&prompt_ids, params, special, max_context)?;
+                decoding::generate(m.as_ref(), &mut seq, special.pad_id)?
+            }
+            Network::Causal(m) => {
+                let mut seq = ArSequence::new(&prompt_ids, ar, special, max_context)?;
+                autoregressive::generate(m, &mut seq)?
+            }
+        };
         let text = self.tokenizer.decode(&answer.token_ids)?;
         Ok(GenerationOutput {
             text,

@@ -8,13 +8,15 @@ use std::time::Instant;
 use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand};
 use dfastllm::config::{FileConfig, Overrides, RuntimeConfig};
-use dfastllm::decoding::{DecodeError, DiffusionParams, KvCacheMode, Mor, Parallel, Remasking};
+use dfastllm::decoding::{
+    ArParams, DecodeError, DiffusionParams, KvCacheMode, Mor, Parallel, Remasking,
+};
 use dfastllm::demo::{write_demo_model, DemoDType, DemoSpec};
 use dfastllm::device::{self, DeviceChoice};
 use dfastllm::engine::{engine, EngineConfig, Scheduler};
 use dfastllm::generation::{GenerationError, Generator, Prompt};
 use dfastllm::metrics::Metrics;
-use dfastllm::models::{self, Architecture, Batch, DTypeChoice};
+use dfastllm::models::{self, Architecture, Batch, DTypeChoice, Network};
 use dfastllm::server::{serve, AppState, ModelInfo};
 use dfastllm::tokenizer::ChatMessage;
 
@@ -93,6 +95,12 @@ struct GenerateArgs {
     /// Seed for sampling and random remasking.
     #[arg(long, env = "DFASTLLM_SEED")]
     seed: Option<u64>,
+    /// Nucleus sampling threshold, in (0, 1].
+    #[arg(long, env = "DFASTLLM_TOP_P", default_value_t = 1.0)]
+    top_p: f32,
+    /// Autoregressive models: sample among the k most likely tokens (0 is off).
+    #[arg(long, env = "DFASTLLM_TOP_K", default_value_t = 0)]
+    top_k: usize,
     #[command(flatten)]
     fast: FastArgs,
     /// Print one JSON object instead of the text.
@@ -234,7 +242,7 @@ impl FastArgs {
 
 #[derive(Args, Debug)]
 struct DemoModelArgs {
-    /// llada or dream.
+    /// llada, dream (diffusion) or llama, qwen2, phi, gpt2 (autoregressive).
     #[arg(long, env = "DFASTLLM_DEMO_ARCH")]
     arch: Architecture,
     /// Output directory (created if missing).
@@ -487,7 +495,7 @@ fn run_eval(args: EvalArgs) -> anyhow::Result<()> {
     }
     let verifier = match &args.apd_verifier {
         Some(dir) => Some(
-            models::llama::load(dir, &device, generator.model.dtype)
+            models::load_causal(dir, &device, generator.model.dtype)
                 .map_err(|e| anyhow::anyhow!("--apd-verifier: {e}"))?,
         ),
         None => None,
@@ -547,13 +555,24 @@ fn run_generate(args: GenerateArgs) -> anyhow::Result<()> {
         block_length: args.block_length.unwrap_or(defaults.block_length),
         remasking: args.remasking,
         temperature: args.temperature,
+        top_p: args.top_p,
         seed: args.seed,
         parallel: args.fast.parallel().unwrap_or_default(),
         mor: args.fast.mor(),
         kv_cache: args.fast.kv_cache.unwrap_or_default(),
         ..defaults
     };
-    let output = match generator.generate(&prompt, params) {
+    let ar = ArParams {
+        temperature: args.temperature,
+        top_p: args.top_p,
+        top_k: args.top_k,
+        seed: args.seed,
+        ..ArParams::greedy(args.max_tokens)
+    };
+    if args.top_k > 0 && generator.model.architecture.is_diffusion() {
+        bail!("--top-k: only autoregressive models sample with top-k");
+    }
+    let output = match generator.generate(&prompt, params, ar) {
         Err(GenerationError::Decode(DecodeError::InvalidParam { param, message })) => {
             bail!("{}: {message}", flag_of(param))
         }
@@ -609,7 +628,10 @@ fn run_bench_forward(args: BenchForwardArgs) -> anyhow::Result<()> {
     let batch = Batch::left_padded(&rows, loaded.special.pad_id, &device, loaded.dtype)?;
     let run = || -> anyhow::Result<f64> {
         let start = Instant::now();
-        let logits = loaded.model.forward(&batch, None)?;
+        let logits = match &loaded.model {
+            Network::Diffusion(m) => m.forward(&batch, None)?,
+            Network::Causal(m) => m.forward_full(&rows)?,
+        };
         // Reading one value back waits for an asynchronous device to finish.
         logits
             .flatten_all()?
@@ -672,7 +694,7 @@ fn load_and_schedule(
     let warmup = Prompt::Text("warm up".into());
     let params = DiffusionParams::with_defaults(8);
     generator
-        .generate(&warmup, params)
+        .generate(&warmup, params, ArParams::greedy(8))
         .context("warm-up generation")?;
     let Generator { model, tokenizer } = generator;
     tracing::info!(

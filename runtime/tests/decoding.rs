@@ -28,7 +28,7 @@ fn params(gen: usize, block: usize, steps: usize) -> DiffusionParams {
 
 #[test]
 fn cached_passes_agree_with_the_full_pass_on_a_blocks_first_step() {
-    for arch in Architecture::ALL {
+    for arch in Architecture::DIFFUSION {
         let (_d, m) = demo(DemoSpec::tiny(arch));
         let mask = m.special.mask_id;
         // A prompt, one decoded block and two masked blocks of 4.
@@ -39,8 +39,18 @@ fn cached_passes_agree_with_the_full_pass_on_a_blocks_first_step() {
         let batch =
             Batch::left_padded(&[&row], m.special.pad_id, &Device::Cpu, DType::F32).unwrap();
         for block in [9..13, 13..17, 5..9] {
-            let full = m.model.forward(&batch, Some(block.clone())).unwrap();
-            let (captured, cache) = m.model.forward_capture(&batch, block.clone()).unwrap();
+            let full = m
+                .model
+                .diffusion()
+                .unwrap()
+                .forward(&batch, Some(block.clone()))
+                .unwrap();
+            let (captured, cache) = m
+                .model
+                .diffusion()
+                .unwrap()
+                .forward_capture(&batch, block.clone())
+                .unwrap();
             assert!(
                 max_diff(&full, &captured) < 1e-6,
                 "{arch} capture {block:?}"
@@ -48,6 +58,8 @@ fn cached_passes_agree_with_the_full_pass_on_a_blocks_first_step() {
             for mode in [KvCacheMode::Prefix, KvCacheMode::Dual] {
                 let cached = m
                     .model
+                    .diffusion()
+                    .unwrap()
                     .forward_cached(&batch, &cache, block.clone(), mode)
                     .unwrap();
                 assert!(
@@ -62,7 +74,7 @@ fn cached_passes_agree_with_the_full_pass_on_a_blocks_first_step() {
 
 #[test]
 fn cached_decoding_batches_sequences_of_different_lengths() {
-    for arch in Architecture::ALL {
+    for arch in Architecture::DIFFUSION {
         let (_d, m) = demo(DemoSpec::tiny(arch));
         for mode in [KvCacheMode::None, KvCacheMode::Prefix, KvCacheMode::Dual] {
             let p = DiffusionParams {
@@ -77,7 +89,12 @@ fn cached_decoding_batches_sequences_of_different_lengths() {
             let mut a = DiffusionSequence::new(&[1, 2, 3], p.clone(), &m.special, 1024).unwrap();
             let mut b = DiffusionSequence::new(&[4, 5, 6, 7, 8], p, &m.special, 1024).unwrap();
             while !(a.is_finished() && b.is_finished()) {
-                step_batch(m.model.as_ref(), &mut [&mut a, &mut b], m.special.pad_id).unwrap();
+                step_batch(
+                    m.model.diffusion().unwrap(),
+                    &mut [&mut a, &mut b],
+                    m.special.pad_id,
+                )
+                .unwrap();
             }
             for s in [&a, &b] {
                 // At most 4 per pass and at least 1: 4..=16 passes for 16 positions.
@@ -91,7 +108,7 @@ fn cached_decoding_batches_sequences_of_different_lengths() {
 
 #[test]
 fn logits_window_equals_the_full_forward() {
-    for arch in Architecture::ALL {
+    for arch in Architecture::DIFFUSION {
         let (_d, m) = demo(DemoSpec::tiny(arch));
         let batch = Batch::left_padded(
             &[&[1, 2, 3, 4, 5, 6], &[7, 8, 9]],
@@ -100,9 +117,14 @@ fn logits_window_equals_the_full_forward() {
             DType::F32,
         )
         .unwrap();
-        let full = m.model.forward(&batch, None).unwrap();
+        let full = m.model.diffusion().unwrap().forward(&batch, None).unwrap();
         for window in [0..6, 0..1, 2..5, 5..6] {
-            let part = m.model.forward(&batch, Some(window.clone())).unwrap();
+            let part = m
+                .model
+                .diffusion()
+                .unwrap()
+                .forward(&batch, Some(window.clone()))
+                .unwrap();
             let expected = full.narrow(1, window.start, window.len()).unwrap();
             assert!(
                 max_diff(&part, &expected) < 1e-6,
@@ -114,16 +136,21 @@ fn logits_window_equals_the_full_forward() {
 
 #[test]
 fn padded_rows_compute_what_they_compute_alone() {
-    for arch in Architecture::ALL {
+    for arch in Architecture::DIFFUSION {
         let (_d, m) = demo(DemoSpec::tiny(arch));
         let short: &[u32] = &[10, 20, 30];
         let long: &[u32] = &[1, 2, 3, 4, 5, 6, 7];
         let batch =
             Batch::left_padded(&[long, short], m.special.pad_id, &Device::Cpu, DType::F32).unwrap();
-        let together = m.model.forward(&batch, None).unwrap();
+        let together = m.model.diffusion().unwrap().forward(&batch, None).unwrap();
         let alone_batch =
             Batch::left_padded(&[short], m.special.pad_id, &Device::Cpu, DType::F32).unwrap();
-        let alone = m.model.forward(&alone_batch, None).unwrap();
+        let alone = m
+            .model
+            .diffusion()
+            .unwrap()
+            .forward(&alone_batch, None)
+            .unwrap();
         // Dream's first real position reads the hidden state before it (padding when
         // padded); it is always prompt, so compare the positions after it.
         let row = together.get(1).unwrap().narrow(0, 5, 2).unwrap();
@@ -136,7 +163,7 @@ fn padded_rows_compute_what_they_compute_alone() {
 
 #[test]
 fn batched_decoding_gives_the_same_answers_as_one_at_a_time() {
-    for arch in Architecture::ALL {
+    for arch in Architecture::DIFFUSION {
         let (_d, m) = demo(DemoSpec::tiny(arch));
         let prompts: [&[u32]; 3] = [&[72, 105], &[1, 2, 3, 4, 5, 6, 7, 8], &[50, 60, 70]];
         let configs = [params(16, 8, 16), params(8, 4, 4), params(12, 12, 6)];
@@ -145,7 +172,7 @@ fn batched_decoding_gives_the_same_answers_as_one_at_a_time() {
             .zip(&configs)
             .map(|(p, c)| {
                 let mut s = DiffusionSequence::new(p, c.clone(), &m.special, 1024).unwrap();
-                generate(m.model.as_ref(), &mut s, m.special.pad_id)
+                generate(m.model.diffusion().unwrap(), &mut s, m.special.pad_id)
                     .unwrap()
                     .raw_ids
             })
@@ -158,7 +185,7 @@ fn batched_decoding_gives_the_same_answers_as_one_at_a_time() {
         let mut iterations = 0;
         while seqs.iter().any(|s| !s.is_finished()) {
             let mut refs: Vec<&mut DiffusionSequence> = seqs.iter_mut().collect();
-            step_batch(m.model.as_ref(), &mut refs, m.special.pad_id).unwrap();
+            step_batch(m.model.diffusion().unwrap(), &mut refs, m.special.pad_id).unwrap();
             iterations += 1;
         }
         assert_eq!(
@@ -186,7 +213,7 @@ fn sampling_is_reproducible_with_a_seed() {
             ..params(32, 8, 16)
         };
         let mut s = DiffusionSequence::new(&[1, 2, 3], p, &m.special, 1024).unwrap();
-        generate(m.model.as_ref(), &mut s, m.special.pad_id)
+        generate(m.model.diffusion().unwrap(), &mut s, m.special.pad_id)
             .unwrap()
             .raw_ids
     };
@@ -214,7 +241,7 @@ fn sampling_is_reproducible_with_a_seed() {
             1024,
         )
         .unwrap();
-        generate(m.model.as_ref(), &mut s, m.special.pad_id)
+        generate(m.model.diffusion().unwrap(), &mut s, m.special.pad_id)
             .unwrap()
             .raw_ids
     };
@@ -235,8 +262,18 @@ fn sharded_and_half_precision_checkpoints_load() {
     assert!(dir.path().join("model.safetensors.index.json").exists());
     assert!(dir.path().join("model-00003-of-00003.safetensors").exists());
     let batch = Batch::left_padded(&[&[5, 6, 7, 8]], 0, &Device::Cpu, DType::F32).unwrap();
-    let a = single.model.forward(&batch, None).unwrap();
-    let b = sharded.model.forward(&batch, None).unwrap();
+    let a = single
+        .model
+        .diffusion()
+        .unwrap()
+        .forward(&batch, None)
+        .unwrap();
+    let b = sharded
+        .model
+        .diffusion()
+        .unwrap()
+        .forward(&batch, None)
+        .unwrap();
     assert_eq!(max_diff(&a, &b), 0.0);
 
     for (dtype, choice, tolerance) in [
@@ -259,6 +296,8 @@ fn sharded_and_half_precision_checkpoints_load() {
         let batch_h = Batch::left_padded(&[&[5, 6, 7, 8]], 0, &Device::Cpu, half.dtype).unwrap();
         let h = half
             .model
+            .diffusion()
+            .unwrap()
             .forward(&batch_h, None)
             .unwrap()
             .to_dtype(DType::F32)

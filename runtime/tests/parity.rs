@@ -1,15 +1,18 @@
 //! Parity with `transformers`: the committed fixtures in `tests/fixtures/parity/<arch>`
 //! hold a tiny checkpoint and the logits and greedy generations that
 //! `scripts/parity/reference.py` computed from it with LlamaForCausalLM (LLaDA) and
-//! Qwen2ForCausalLM (Dream) under a bidirectional mask. Regenerate them with
+//! Qwen2ForCausalLM (Dream) under a bidirectional mask, and with AutoModelForCausalLM
+//! for the autoregressive architectures (llama, qwen2, phi, gpt2). Regenerate them with
 //! `scripts/parity/regen.sh`.
 
 mod common;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device};
-use dfastllm::decoding::{generate, DiffusionParams, DiffusionSequence};
+use dfastllm::decoding::{
+    autoregressive, generate, ArParams, ArSequence, DiffusionParams, DiffusionSequence,
+};
 use dfastllm::models::{self, Batch, DTypeChoice};
 use serde::Deserialize;
 
@@ -61,6 +64,8 @@ fn check_logits(arch: &str) -> f32 {
         let batch = Batch::from_mask(&ids, &mask, b, t, &Device::Cpu, DType::F32).unwrap();
         let ours = model
             .model
+            .diffusion()
+            .unwrap()
             .forward(&batch, None)
             .unwrap()
             .to_vec3::<f32>()
@@ -101,7 +106,12 @@ fn check_generation(arch: &str) {
             model.model.max_context(),
         )
         .unwrap();
-        let answer = generate(model.model.as_ref(), &mut seq, model.special.pad_id).unwrap();
+        let answer = generate(
+            model.model.diffusion().unwrap(),
+            &mut seq,
+            model.special.pad_id,
+        )
+        .unwrap();
         assert_eq!(answer.raw_ids, case.answer_ids, "{arch}/{}", case.name);
         assert_eq!(answer.forward_passes, case.steps);
 
@@ -117,7 +127,12 @@ fn check_generation(arch: &str) {
             model.model.max_context(),
         )
         .unwrap();
-        let early = generate(model.model.as_ref(), &mut seq, model.special.pad_id).unwrap();
+        let early = generate(
+            model.model.diffusion().unwrap(),
+            &mut seq,
+            model.special.pad_id,
+        )
+        .unwrap();
         let end = case
             .answer_ids
             .iter()
@@ -164,49 +179,70 @@ struct ArRow {
     greedy: Vec<u32>,
 }
 
-/// The bundled autoregressive model (models/dfastllm-tiny-ar) against transformers'
-/// LlamaForCausalLM: logits of every position and a 16-token greedy continuation.
-#[test]
-fn llama_matches_transformers_causal_logits_and_greedy() {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let fixture: ArFixture = serde_json::from_str(
-        &std::fs::read_to_string(root.join("tests/fixtures/parity/llama-ar/expected.json"))
-            .unwrap(),
-    )
-    .unwrap();
-    let model = models::llama::load(
-        &root.join("../models/dfastllm-tiny-ar"),
-        &Device::Cpu,
-        DType::F32,
-    )
-    .unwrap();
-    let logits_of = |rows: &[&[u32]]| {
-        let batch = Batch::left_padded(rows, 257, &Device::Cpu, DType::F32).unwrap();
-        (model.forward(&batch).unwrap(), batch.pad_lengths)
-    };
+/// Checks an autoregressive checkpoint against its fixture: logits of every position
+/// within 1e-4 from one full pass, the greedy continuation token for token through our
+/// KV-cached decoding, and left-padding invariance of a batched pass.
+fn check_causal(model_dir: &Path, fixture: &Path) -> f32 {
+    let fixture: ArFixture =
+        serde_json::from_str(&std::fs::read_to_string(fixture).unwrap()).unwrap();
+    let loaded = models::load(model_dir, &Device::Cpu, DTypeChoice::F32).unwrap();
+    let model = loaded.model.causal().expect("an autoregressive model");
     let mut worst = 0f32;
     for row in &fixture.rows {
-        let (logits, _) = logits_of(&[&row.input_ids]);
+        let logits = model.forward_full(&[&row.input_ids]).unwrap();
         let ours = logits.get(0).unwrap().to_vec2::<f32>().unwrap();
         for (a, b) in ours.iter().flatten().zip(row.logits.iter().flatten()) {
             worst = worst.max((a - b).abs());
         }
-        let mut seq = row.input_ids.clone();
-        for _ in 0..row.greedy.len() {
-            let (logits, _) = logits_of(&[&seq]);
-            let last = logits.get(0).unwrap().get(seq.len() - 1).unwrap();
-            seq.push(last.argmax(0).unwrap().to_scalar::<u32>().unwrap());
-        }
-        assert_eq!(seq[row.input_ids.len()..], row.greedy[..]);
+        // Greedy through the incremental (KV-cached) path; transformers recomputed the
+        // whole sequence for every token, and never stopped at EOS.
+        let params = ArParams {
+            ignore_eos: true,
+            ..ArParams::greedy(row.greedy.len())
+        };
+        let mut seq =
+            ArSequence::new(&row.input_ids, params, &loaded.special, model.max_context()).unwrap();
+        let answer = autoregressive::generate(model, &mut seq).unwrap();
+        assert_eq!(
+            answer.token_ids,
+            row.greedy,
+            "{}: greedy continuation of {:?}",
+            model_dir.display(),
+            row.input_ids
+        );
     }
-    eprintln!("llama: max |logit difference| against transformers {worst}");
     assert!(worst < 1e-4, "max |logit difference| {worst}");
 
     // Left padding changes nothing for the real positions.
     let (a, b) = (&fixture.rows[0].input_ids, &fixture.rows[1].input_ids);
-    let (both, pads) = logits_of(&[a, b]);
-    let (alone, _) = logits_of(&[b]);
-    let padded = both.get(1).unwrap().narrow(0, pads[1], b.len()).unwrap();
+    let both = model.forward_full(&[a, b]).unwrap();
+    let alone = model.forward_full(&[b]).unwrap();
+    let pad = a.len().max(b.len()) - b.len();
+    let padded = both.get(1).unwrap().narrow(0, pad, b.len()).unwrap();
     let diff = common::max_diff(&padded, &alone.get(0).unwrap());
     assert!(diff < 1e-5, "padding changed the logits by {diff}");
+    worst
+}
+
+/// The bundled autoregressive model (models/dfastllm-tiny-ar) against transformers'
+/// LlamaForCausalLM.
+#[test]
+fn bundled_llama_matches_transformers() {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let worst = check_causal(
+        &root.join("../models/dfastllm-tiny-ar"),
+        &root.join("tests/fixtures/parity/llama-ar/expected.json"),
+    );
+    eprintln!("bundled llama: max |logit difference| against transformers {worst}");
+}
+
+/// Demo checkpoints of each autoregressive architecture against transformers'
+/// `AutoModelForCausalLM`: 32-token greedy continuations.
+#[test]
+fn causal_architectures_match_transformers() {
+    for arch in ["llama", "qwen2", "phi", "gpt2"] {
+        let dir = fixture_dir(arch);
+        let worst = check_causal(&dir, &dir.join("expected.json"));
+        eprintln!("{arch}: max |logit difference| against transformers {worst}");
+    }
 }

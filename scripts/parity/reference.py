@@ -45,6 +45,7 @@ import sys
 import time
 
 import torch
+import transformers
 
 GENERATOR = "scripts/parity/reference.py"
 
@@ -597,14 +598,24 @@ def cmd_eval(args):
 
 
 def cmd_ar_fixture(args):
-    """Logits and a greedy continuation of an autoregressive Llama checkpoint (causal)."""
+    """Logits and a greedy continuation of an autoregressive checkpoint (causal), loaded
+    by AutoModelForCausalLM: LlamaForCausalLM, Qwen2ForCausalLM, PhiForCausalLM or
+    GPT2LMHeadModel, whichever its config.json names."""
     from tokenizers import Tokenizer
-    from transformers import LlamaForCausalLM
+    from transformers import AutoModelForCausalLM
 
-    model = LlamaForCausalLM.from_pretrained(args.model, attn_implementation="eager").float().eval()
+    model = AutoModelForCausalLM.from_pretrained(args.model, attn_implementation="eager").float().eval()
+    log(f"{args.model}: {type(model).__name__}")
     tok = Tokenizer.from_file(os.path.join(args.model, "tokenizer.json"))
     rows = [tok.encode(p, add_special_tokens=False).ids for p in args.prompts]
-    out = {"model": os.path.basename(os.path.normpath(args.model)), "rows": []}
+    out = {
+        "model": os.path.basename(os.path.normpath(args.model)),
+        "class": type(model).__name__,
+        "generator": "scripts/parity/reference.py ar-fixture",
+        "torch_version": torch.__version__,
+        "transformers_version": transformers.__version__,
+        "rows": [],
+    }
     with torch.inference_mode():
         for ids in rows:
             logits = model(input_ids=torch.tensor([ids])).logits[0].float()
@@ -650,10 +661,10 @@ def main(argv=None):
     ev.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0 = default)")
     ev.set_defaults(func=cmd_eval)
 
-    ar = sub.add_parser("ar-fixture", help="causal Llama logits + greedy continuation fixture")
-    ar.add_argument("--model", required=True, help="Llama checkpoint directory (HF layout)")
+    ar = sub.add_parser("ar-fixture", help="causal logits + greedy continuation fixture")
+    ar.add_argument("--model", required=True, help="autoregressive checkpoint directory (HF layout)")
     ar.add_argument("--out", required=True, help="output JSON file")
-    ar.add_argument("--continue-tokens", type=int, default=16)
+    ar.add_argument("--continue-tokens", type=int, default=32)
     ar.add_argument("--prompts", nargs="+", default=["sort 52913=", "rev hello=", "add 47+85="])
     ar.set_defaults(func=cmd_ar_fixture)
 

@@ -6,6 +6,7 @@
 //! the most confident few ([`diffusion`]). Positions after the current block never
 //! commit. The parameters are checked here once, for the CLI and the API alike.
 
+pub mod autoregressive;
 pub mod confidence;
 pub mod diffusion;
 pub mod strategy;
@@ -16,8 +17,78 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
+pub use autoregressive::{ArParams, ArSequence, TokenLogprob};
 pub use diffusion::{generate, step_batch, Answer, DiffusionSequence, FinishReason};
 pub use strategy::{KvCacheMode, Mor, Parallel};
+
+/// A sequence the engine decodes: which kind follows from the served model.
+#[derive(Debug)]
+pub enum Sequence {
+    Diffusion(DiffusionSequence),
+    Autoregressive(ArSequence),
+}
+
+impl Sequence {
+    /// Answer tokens that can no longer change, up to the first end-of-sequence token.
+    pub fn settled_answer(&self) -> Vec<u32> {
+        match self {
+            Self::Diffusion(s) => s.settled_answer(),
+            Self::Autoregressive(s) => s.generated().to_vec(),
+        }
+    }
+
+    /// Settled answer tokens (cheap; for progress accounting).
+    pub fn settled_len(&self) -> usize {
+        match self {
+            Self::Diffusion(s) => s.settled_answer().len(),
+            Self::Autoregressive(s) => s.generated().len(),
+        }
+    }
+
+    /// Answer positions holding a committed token.
+    pub fn committed_answer_tokens(&self) -> usize {
+        match self {
+            Self::Diffusion(s) => s.committed_answer_tokens(),
+            Self::Autoregressive(s) => s.generated().len(),
+        }
+    }
+
+    pub fn forward_passes(&self) -> usize {
+        match self {
+            Self::Diffusion(s) => s.forward_passes(),
+            Self::Autoregressive(s) => s.forward_passes(),
+        }
+    }
+
+    pub fn steps(&self) -> usize {
+        match self {
+            Self::Diffusion(s) => s.steps(),
+            Self::Autoregressive(s) => s.forward_passes(),
+        }
+    }
+
+    pub fn is_finished(&self) -> bool {
+        match self {
+            Self::Diffusion(s) => s.is_finished(),
+            Self::Autoregressive(s) => s.is_finished(),
+        }
+    }
+
+    pub fn answer(&self) -> Answer {
+        match self {
+            Self::Diffusion(s) => s.answer(),
+            Self::Autoregressive(s) => s.answer(),
+        }
+    }
+
+    /// Log-probabilities of the answer's tokens, when the request asked for them.
+    pub fn logprobs(&self) -> &[TokenLogprob] {
+        match self {
+            Self::Diffusion(_) => &[],
+            Self::Autoregressive(s) => s.logprobs(),
+        }
+    }
+}
 
 /// How a step scores the positions it might commit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]

@@ -9,14 +9,14 @@
 use candle_core::{DType, Tensor, D};
 
 use super::{Answer, DecodeError, DiffusionSequence, Parallel};
-use crate::models::llama::Llama;
+use crate::models::causal::CausalModel;
 use crate::models::{Batch, DiffusionLm};
 
 /// Decodes one sequence to the end with the verifier (no KV cache on either model: the
 /// autoregressive model re-reads the sequence each step).
 pub fn generate(
     model: &dyn DiffusionLm,
-    verifier: &Llama,
+    verifier: &CausalModel,
     seq: &mut DiffusionSequence,
     pad_id: u32,
 ) -> Result<Answer, DecodeError> {
@@ -27,7 +27,7 @@ pub fn generate(
         });
     };
     let temperature = seq.params().temperature;
-    let vocab = model.vocab_size().min(verifier.config().vocab_size);
+    let vocab = model.vocab_size().min(verifier.vocab_size());
     while !seq.is_finished() {
         let block = seq.block_range();
         let Some(first) = seq.first_masked() else {
@@ -55,11 +55,9 @@ pub fn generate(
         // Position first - 1 + k of the causal pass predicts position first + k.
         let mut ar_input = tokens[..first].to_vec();
         ar_input.extend_from_slice(&draft[..look - 1]);
-        let ar_batch =
-            Batch::left_padded(&[&ar_input], pad_id, verifier.device(), verifier.dtype())?;
         let ar_logp = log_softmax(
             &verifier
-                .forward(&ar_batch)?
+                .forward_full(&[&ar_input])?
                 .get(0)?
                 .narrow(0, first - 1, look)?
                 .to_dtype(DType::F32)?

@@ -14,9 +14,10 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc::UnboundedSender;
 
-use crate::decoding::{step_batch, Answer, DiffusionSequence};
+use crate::decoding::{autoregressive, step_batch, Answer, DecodeError, Sequence, TokenLogprob};
 use crate::metrics::Metrics;
-use crate::models::LoadedModel;
+use crate::models::causal::CausalCache;
+use crate::models::{LoadedModel, Network};
 
 #[derive(Debug, Clone)]
 pub struct EngineConfig {
@@ -34,6 +35,8 @@ pub enum Event {
     /// position, up to (not including) the first end-of-sequence token.
     Progress {
         token_ids: Vec<u32>,
+        /// Log-probabilities of the tokens settled since the previous event, when asked.
+        new_logprobs: Vec<TokenLogprob>,
         forward_passes: usize,
         steps: usize,
     },
@@ -67,7 +70,7 @@ pub enum SubmitError {
 /// One sequence to decode.
 #[derive(Debug)]
 pub struct Submission {
-    pub sequence: DiffusionSequence,
+    pub sequence: Sequence,
     pub deadline: Option<Instant>,
     pub events: UnboundedSender<Event>,
 }
@@ -151,9 +154,25 @@ struct Active {
     committed: usize,
 }
 
-impl Active {
-    fn settled(&self) -> Vec<u32> {
-        self.submission.sequence.settled_answer()
+/// Keeps the `active` entries `keep` accepts, and their autoregressive cache slots
+/// (slot i belongs to `active[i]`).
+fn retain_active(
+    active: &mut Vec<Active>,
+    cache: &mut CausalCache,
+    mut keep: impl FnMut(&mut Active) -> bool,
+) {
+    let flags: Vec<bool> = active.iter_mut().map(&mut keep).collect();
+    let mut i = 0;
+    active.retain(|_| {
+        i += 1;
+        flags[i - 1]
+    });
+    if flags.iter().any(|k| !k) {
+        // Only an allocation failure can fail here; forgetting every slot then makes
+        // the next pass fail its sequences with an error instead of reading stale keys.
+        if cache.retain(&flags).is_err() {
+            cache.clear();
+        }
     }
 }
 
@@ -161,6 +180,7 @@ impl Scheduler {
     /// Serves until every [`EngineHandle`] is dropped and the last sequence finished.
     pub fn run(self, model: &LoadedModel) {
         let mut active: Vec<Active> = Vec::new();
+        let mut cache = CausalCache::new();
         loop {
             if active.is_empty() {
                 match self.rx.recv() {
@@ -170,12 +190,12 @@ impl Scheduler {
                 self.gather(&mut active);
             }
             self.admit_waiting(&mut active);
-            self.drop_abandoned(&mut active);
+            self.drop_abandoned(&mut active, &mut cache);
             self.metrics.requests_running.set(active.len() as i64);
             if active.is_empty() {
                 continue;
             }
-            self.iterate(model, &mut active);
+            self.iterate(model, &mut active, &mut cache);
             self.metrics.requests_running.set(active.len() as i64);
         }
     }
@@ -220,9 +240,9 @@ impl Scheduler {
     }
 
     /// Frees the slots of sequences nobody waits for any more, or that ran out of time.
-    fn drop_abandoned(&self, active: &mut Vec<Active>) {
+    fn drop_abandoned(&self, active: &mut Vec<Active>, cache: &mut CausalCache) {
         let now = Instant::now();
-        active.retain(|a| {
+        retain_active(active, cache, |a| {
             if a.submission.events.is_closed() {
                 self.metrics.requests_cancelled.inc();
                 return false;
@@ -235,15 +255,43 @@ impl Scheduler {
         });
     }
 
-    fn iterate(&self, model: &LoadedModel, active: &mut Vec<Active>) {
-        self.metrics.batch_size.observe(active.len() as f64);
-        let result = {
-            let mut seqs: Vec<&mut DiffusionSequence> = active
-                .iter_mut()
-                .map(|a| &mut a.submission.sequence)
-                .collect();
-            step_batch(model.model.as_ref(), &mut seqs, model.special.pad_id)
+    /// One forward pass (two when autoregressive prompts join: prefill, then decode).
+    fn step(
+        model: &LoadedModel,
+        active: &mut [Active],
+        cache: &mut CausalCache,
+    ) -> Result<(), DecodeError> {
+        let mismatch = || DecodeError::InvalidParam {
+            param: "model",
+            message: "a sequence of the wrong kind reached the engine".into(),
         };
+        match &model.model {
+            Network::Diffusion(m) => {
+                let mut seqs = active
+                    .iter_mut()
+                    .map(|a| match &mut a.submission.sequence {
+                        Sequence::Diffusion(s) => Ok(s),
+                        Sequence::Autoregressive(_) => Err(mismatch()),
+                    })
+                    .collect::<Result<Vec<_>, _>>()?;
+                step_batch(m.as_ref(), &mut seqs, model.special.pad_id)
+            }
+            Network::Causal(m) => {
+                let mut seqs = active
+                    .iter_mut()
+                    .map(|a| match &mut a.submission.sequence {
+                        Sequence::Autoregressive(s) => Ok(s),
+                        Sequence::Diffusion(_) => Err(mismatch()),
+                    })
+                    .collect::<Result<Vec<_>, _>>()?;
+                autoregressive::step_batch(m, cache, &mut seqs)
+            }
+        }
+    }
+
+    fn iterate(&self, model: &LoadedModel, active: &mut Vec<Active>, cache: &mut CausalCache) {
+        self.metrics.batch_size.observe(active.len() as f64);
+        let result = Self::step(model, active, cache);
         self.metrics.forward_passes.inc();
         if let Err(e) = result {
             for a in active.drain(..) {
@@ -252,21 +300,25 @@ impl Scheduler {
                     .events
                     .send(Event::Failed(Failure::Model(e.to_string())));
             }
+            cache.clear();
             return;
         }
-        active.retain_mut(|a| {
+        retain_active(active, cache, |a| {
             let committed = a.submission.sequence.committed_answer_tokens();
             self.metrics
                 .tokens_per_forward_pass
                 .observe((committed - a.committed) as f64);
             a.committed = committed;
-            let settled = a.settled();
-            if settled.len() > a.sent {
+            let seq = &a.submission.sequence;
+            if seq.settled_len() > a.sent {
+                let settled = seq.settled_answer();
+                let logprobs = seq.logprobs();
+                let new_logprobs = logprobs[a.sent.min(logprobs.len())..].to_vec();
                 a.sent = settled.len();
                 // A closed channel is noticed (and counted) at the next iteration.
-                let seq = &a.submission.sequence;
                 let _ = a.submission.events.send(Event::Progress {
                     token_ids: settled,
+                    new_logprobs,
                     forward_passes: seq.forward_passes(),
                     steps: seq.steps(),
                 });

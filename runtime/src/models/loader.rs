@@ -171,11 +171,18 @@ pub(crate) fn special_tokens(
     let (default_mask, default_eos) = match architecture {
         Architecture::Llada => (126_336, 126_081),
         Architecture::Dream => (151_666, 151_643),
+        Architecture::Llama => (super::NO_MASK, 2),
+        Architecture::Qwen2 => (super::NO_MASK, 151_643),
+        Architecture::Phi | Architecture::Gpt2 => (super::NO_MASK, 50_256),
     };
-    let mask_id = ids(config.get("mask_token_id"))
-        .first()
-        .copied()
-        .unwrap_or(default_mask);
+    let mask_id = if architecture.is_diffusion() {
+        ids(config.get("mask_token_id"))
+            .first()
+            .copied()
+            .unwrap_or(default_mask)
+    } else {
+        super::NO_MASK
+    };
     let mut eos_ids = ids(config.get("eos_token_id"));
     if eos_ids.is_empty() {
         eos_ids.push(default_eos);

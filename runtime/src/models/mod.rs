@@ -6,14 +6,19 @@
 //! answers the same question through [`DiffusionLm::forward`]: for each position of a
 //! (left-padded, bidirectionally attended) batch, the logits of the token that belongs
 //! there. Architecture quirks such as Dream's one-position logit shift stay inside the
-//! model file, so the samplers never see them.
+//! model file, so the samplers never see them. Autoregressive models are one
+//! [`causal::CausalModel`] assembled by their file (llama, qwen2, phi, gpt2).
 
+pub mod causal;
 pub mod dream;
+pub mod gpt2;
 mod hf;
 pub mod layers;
 pub mod llada;
 pub mod llama;
 mod loader;
+pub mod phi;
+pub mod qwen2;
 
 use std::fmt;
 use std::ops::Range;
@@ -51,16 +56,39 @@ pub fn recomputed_columns(
 pub enum Architecture {
     Llada,
     Dream,
+    Llama,
+    Qwen2,
+    Phi,
+    Gpt2,
 }
 
 impl Architecture {
-    pub const ALL: [Architecture; 2] = [Architecture::Llada, Architecture::Dream];
+    pub const ALL: [Architecture; 6] = [
+        Architecture::Llada,
+        Architecture::Dream,
+        Architecture::Llama,
+        Architecture::Qwen2,
+        Architecture::Phi,
+        Architecture::Gpt2,
+    ];
+
+    /// The masked diffusion architectures.
+    pub const DIFFUSION: [Architecture; 2] = [Architecture::Llada, Architecture::Dream];
 
     pub fn name(self) -> &'static str {
         match self {
             Self::Llada => "llada",
             Self::Dream => "dream",
+            Self::Llama => "llama",
+            Self::Qwen2 => "qwen2",
+            Self::Phi => "phi",
+            Self::Gpt2 => "gpt2",
         }
+    }
+
+    /// Masked diffusion (bidirectional, decoded by unmasking) rather than left to right.
+    pub fn is_diffusion(self) -> bool {
+        matches!(self, Self::Llada | Self::Dream)
     }
 
     /// Reads `model_type` (falling back to `architectures[0]`) from a parsed config.json.
@@ -75,6 +103,10 @@ impl Architecture {
             (Some(t), _) => t.parse(),
             (None, Some("LLaDAModelLM")) => Ok(Self::Llada),
             (None, Some("DreamModel")) => Ok(Self::Dream),
+            (None, Some("LlamaForCausalLM")) => Ok(Self::Llama),
+            (None, Some("Qwen2ForCausalLM")) => Ok(Self::Qwen2),
+            (None, Some("PhiForCausalLM")) => Ok(Self::Phi),
+            (None, Some("GPT2LMHeadModel")) => Ok(Self::Gpt2),
             (None, Some(other)) => Err(format!("unsupported architecture {other:?}")),
             (None, None) => Err("config.json has neither model_type nor architectures".into()),
         }
@@ -88,8 +120,12 @@ impl FromStr for Architecture {
         match s.to_ascii_lowercase().as_str() {
             "llada" => Ok(Self::Llada),
             "dream" => Ok(Self::Dream),
+            "llama" => Ok(Self::Llama),
+            "qwen2" => Ok(Self::Qwen2),
+            "phi" => Ok(Self::Phi),
+            "gpt2" => Ok(Self::Gpt2),
             other => Err(format!(
-                "unsupported architecture {other:?} (supported: llada, dream)"
+                "unsupported architecture {other:?} (supported: llada, dream, llama, qwen2, phi, gpt2)"
             )),
         }
     }
@@ -146,11 +182,15 @@ impl DTypeChoice {
 /// Token ids the samplers need, read from config.json and generation_config.json.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SpecialTokens {
+    /// [`NO_MASK`] for autoregressive models, which have no mask token.
     pub mask_id: u32,
     /// Any of these ends an answer (EOS, end-of-turn, ...), first one is the primary EOS.
     pub eos_ids: Vec<u32>,
     pub pad_id: u32,
 }
+
+/// The mask id of models without one: above every vocabulary, so no token matches it.
+pub const NO_MASK: u32 = u32::MAX;
 
 /// One forward pass's input: a left-padded grid of token ids.
 ///
@@ -299,10 +339,46 @@ pub trait DiffusionLm: Send + Sync {
     fn dtype(&self) -> DType;
 }
 
+/// The network of a loaded model: which kind decides how the engine decodes it.
+pub enum Network {
+    Diffusion(Box<dyn DiffusionLm>),
+    Causal(Box<causal::CausalModel>),
+}
+
+impl Network {
+    pub fn diffusion(&self) -> Option<&dyn DiffusionLm> {
+        match self {
+            Self::Diffusion(m) => Some(m.as_ref()),
+            Self::Causal(_) => None,
+        }
+    }
+
+    pub fn causal(&self) -> Option<&causal::CausalModel> {
+        match self {
+            Self::Causal(m) => Some(m),
+            Self::Diffusion(_) => None,
+        }
+    }
+
+    pub fn vocab_size(&self) -> usize {
+        match self {
+            Self::Diffusion(m) => m.vocab_size(),
+            Self::Causal(m) => m.vocab_size(),
+        }
+    }
+
+    pub fn max_context(&self) -> usize {
+        match self {
+            Self::Diffusion(m) => m.max_context(),
+            Self::Causal(m) => m.max_context(),
+        }
+    }
+}
+
 /// A model ready to run, with what the samplers and the API need to know about it.
 pub struct LoadedModel {
     pub architecture: Architecture,
-    pub model: Box<dyn DiffusionLm>,
+    pub model: Network,
     pub special: SpecialTokens,
     pub dtype: DType,
     pub device: Device,
@@ -334,15 +410,25 @@ pub fn load(dir: &Path, device: &Device, dtype: DTypeChoice) -> Result<LoadedMod
     let dtype = dtype.resolve(&config, device);
     let files = weight_files(dir)?;
     let vb = loader::var_builder(&files, dtype, device)?;
-    let model: Box<dyn DiffusionLm> = match architecture {
+    let diffusion = |m: Box<dyn DiffusionLm>| Network::Diffusion(m);
+    let causal = |m: causal::CausalModel| Network::Causal(Box::new(m));
+    let model = match architecture {
         Architecture::Llada => {
             let cfg = llada::Config::from_value(&config, &config_path)?;
-            Box::new(llada::Llada::load(&cfg, vb).map_err(|e| loader::weights_error(dir, e))?)
+            diffusion(Box::new(
+                llada::Llada::load(&cfg, vb).map_err(|e| loader::weights_error(dir, e))?,
+            ))
         }
         Architecture::Dream => {
             let cfg = dream::Config::from_value(&config, &config_path)?;
-            Box::new(dream::Dream::load(&cfg, vb).map_err(|e| loader::weights_error(dir, e))?)
+            diffusion(Box::new(
+                dream::Dream::load(&cfg, vb).map_err(|e| loader::weights_error(dir, e))?,
+            ))
         }
+        Architecture::Llama => causal(llama::load(&config, &config_path, vb)?),
+        Architecture::Qwen2 => causal(qwen2::load(&config, &config_path, vb)?),
+        Architecture::Phi => causal(phi::load(&config, &config_path, vb)?),
+        Architecture::Gpt2 => causal(gpt2::load(&config, &config_path, vb)?),
     };
     let generation_config = loader::read_optional_json(dir, "generation_config.json")?;
     let special = loader::special_tokens(
@@ -360,6 +446,30 @@ pub fn load(dir: &Path, device: &Device, dtype: DTypeChoice) -> Result<LoadedMod
         dir: dir.to_path_buf(),
         is_demo: config.get(crate::demo::DEMO_MARKER).is_some(),
     })
+}
+
+/// Loads an autoregressive checkpoint as a bare network (the APD verifier's).
+pub fn load_causal(
+    dir: &Path,
+    device: &Device,
+    dtype: DType,
+) -> Result<causal::CausalModel, ModelError> {
+    let choice = match dtype {
+        DType::F16 => DTypeChoice::F16,
+        DType::BF16 => DTypeChoice::Bf16,
+        _ => DTypeChoice::F32,
+    };
+    let loaded = load(dir, device, choice)?;
+    match loaded.model {
+        Network::Causal(m) => Ok(*m),
+        Network::Diffusion(_) => Err(ModelError::InvalidFile {
+            path: dir.join("config.json"),
+            message: format!(
+                "{} is a diffusion model; an autoregressive one is needed here",
+                loaded.architecture
+            ),
+        }),
+    }
 }
 
 #[cfg(test)]

@@ -17,11 +17,17 @@ use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
 use tokio::time::Instant;
 
 use super::errors::ApiError;
-use super::openai::{resolve, ChatRequest, CompletionRequest, GenerateRequest, Resolved};
+use super::openai::{
+    chat_logprobs, completion_logprobs, resolve, ChatRequest, CompletionRequest, GenerateRequest,
+    Resolved,
+};
 use super::text::TextAssembler;
 use super::{ApiJson, AppState, InflightGuard, ModelInfo};
-use crate::decoding::{DiffusionParams, DiffusionSequence};
+use crate::decoding::{
+    ArParams, ArSequence, DiffusionParams, DiffusionSequence, Sequence, TokenLogprob,
+};
 use crate::engine::{Event, Failure, Submission, SubmitError};
+use crate::tokenizer::TextTokenizer;
 
 /// How one choice ended.
 #[derive(Debug, Clone)]
@@ -32,13 +38,21 @@ struct Outcome {
     completion_tokens: usize,
     forward_passes: usize,
     steps: usize,
+    /// Per answer token, when the request asked for log-probabilities.
+    logprobs: Vec<TokenLogprob>,
+}
+
+/// A choice's decoding parameters, by the kind of model served.
+enum ChoiceParams {
+    Diffusion(DiffusionParams),
+    Autoregressive(ArParams),
 }
 
 /// One answer to produce.
 struct Choice {
     index: usize,
     prompt: Vec<u32>,
-    params: DiffusionParams,
+    params: ChoiceParams,
     stops: Vec<String>,
     started: Instant,
 }
@@ -55,10 +69,18 @@ impl Job {
         if prompts.is_empty() {
             return Err(ApiError::invalid("prompt", "the prompt must not be empty"));
         }
+        let diffusion = info.architecture.is_diffusion();
+        resolved.check_kind(diffusion)?;
         for ids in &prompts {
             // Checked for every prompt before anything runs: a bad one fails the request
             // without leaving the others decoding.
-            resolved.params.validate(ids.len(), info.max_context)?;
+            if diffusion {
+                resolved.params.validate(ids.len(), info.max_context)?;
+            } else {
+                resolved
+                    .ar_for_choice(0)
+                    .validate(ids.len(), info.max_context)?;
+            }
         }
         Ok(Self {
             prompts,
@@ -68,7 +90,7 @@ impl Job {
     }
 
     /// Every choice to run: each prompt `n` times, indexed as OpenAI numbers them.
-    fn choices(&self) -> Vec<Choice> {
+    fn choices(&self, diffusion: bool) -> Vec<Choice> {
         let n = self.resolved.n;
         self.prompts
             .iter()
@@ -77,7 +99,11 @@ impl Job {
                 (0..n).map(move |c| Choice {
                     index: p * n + c,
                     prompt: ids.clone(),
-                    params: self.resolved.for_choice(c),
+                    params: if diffusion {
+                        ChoiceParams::Diffusion(self.resolved.for_choice(c))
+                    } else {
+                        ChoiceParams::Autoregressive(self.resolved.ar_for_choice(c))
+                    },
                     stops: self.resolved.stops.clone(),
                     started: self.started,
                 })
@@ -99,14 +125,36 @@ fn encode_prompt(info: &ModelInfo, text: &str, param: &str) -> Result<Vec<u32>, 
         .map_err(|e| ApiError::invalid(param, e.to_string()))
 }
 
-/// Submits one sequence and follows it to the end, passing each new piece of text to
-/// `on_text`. Dropping the future drops the event channel, which the engine notices at
-/// its next iteration and frees the slot.
+/// How many of `ids` it takes to reach past `text_len` bytes of decoded text: the
+/// tokens an answer cut by a stop string consumed, the stop string included.
+fn tokens_through(tokenizer: &TextTokenizer, ids: &[u32], text_len: usize) -> usize {
+    let reaches = |n: usize| {
+        tokenizer
+            .decode(&ids[..n])
+            .map_or(true, |t| t.len() > text_len)
+    };
+    // Decoded length grows with the prefix: binary search for the first that reaches.
+    let (mut lo, mut hi) = (0, ids.len());
+    while lo < hi {
+        let mid = (lo + hi) / 2;
+        if reaches(mid) {
+            hi = mid;
+        } else {
+            lo = mid + 1;
+        }
+    }
+    lo
+}
+
+/// Submits one sequence and follows it to the end, passing each new piece of text (and
+/// the log-probabilities of the tokens behind it) to `on_piece`. Dropping the future
+/// drops the event channel, which the engine notices at its next iteration and frees
+/// the slot.
 async fn run_choice(
     state: &AppState,
     info: &ModelInfo,
     choice: Choice,
-    mut on_text: impl FnMut(&str),
+    mut on_piece: impl FnMut(&str, &[TokenLogprob]),
 ) -> Result<Outcome, ApiError> {
     let Choice {
         index,
@@ -117,7 +165,20 @@ async fn run_choice(
     } = choice;
     let timeout = state.config.request_timeout_seconds;
     let deadline = started + Duration::from_secs(timeout);
-    let sequence = DiffusionSequence::new(&prompt, params, &info.special, info.max_context)?;
+    let sequence = match params {
+        ChoiceParams::Diffusion(p) => Sequence::Diffusion(DiffusionSequence::new(
+            &prompt,
+            p,
+            &info.special,
+            info.max_context,
+        )?),
+        ChoiceParams::Autoregressive(p) => Sequence::Autoregressive(ArSequence::new(
+            &prompt,
+            p,
+            &info.special,
+            info.max_context,
+        )?),
+    };
     let (tx, mut rx) = unbounded_channel();
     state
         .engine
@@ -131,6 +192,7 @@ async fn run_choice(
             SubmitError::Stopped => ApiError::Unavailable("the engine has stopped".into()),
         })?;
     let mut text = TextAssembler::new(&info.tokenizer, &stops);
+    let mut logprobs: Vec<TokenLogprob> = Vec::new();
     let mut first_token: Option<Instant> = None;
     let tokenizer_error = |e: crate::tokenizer::TokenizerError| ApiError::Internal(e.to_string());
     loop {
@@ -141,6 +203,7 @@ async fn run_choice(
             None => return Err(ApiError::Internal("the engine dropped the request".into())),
             Some(Event::Progress {
                 token_ids,
+                new_logprobs,
                 forward_passes,
                 steps,
             }) => {
@@ -152,19 +215,27 @@ async fn run_choice(
                         .observe((Instant::now() - started).as_secs_f64());
                 }
                 let delta = text.push(&token_ids, false).map_err(tokenizer_error)?;
-                if !delta.is_empty() {
-                    on_text(&delta);
-                }
+                let seen = logprobs.len();
+                logprobs.extend(new_logprobs);
                 if text.stopped() {
                     // A stop string ended the answer early; dropping `rx` cancels the rest.
+                    let used = tokens_through(&info.tokenizer, &token_ids, text.text().len());
+                    logprobs.truncate(used);
+                    if !delta.is_empty() || logprobs.len() > seen {
+                        on_piece(&delta, &logprobs[seen.min(logprobs.len())..]);
+                    }
                     return Ok(Outcome {
                         index,
                         text: text.text().to_string(),
                         finish_reason: "stop",
-                        completion_tokens: token_ids.len(),
+                        completion_tokens: used,
                         forward_passes,
                         steps,
+                        logprobs,
                     });
+                }
+                if !delta.is_empty() || logprobs.len() > seen {
+                    on_piece(&delta, &logprobs[seen..]);
                 }
             }
             Some(Event::Done(done)) => {
@@ -172,10 +243,14 @@ async fn run_choice(
                 let delta = text
                     .push(&answer.token_ids, true)
                     .map_err(tokenizer_error)?;
-                if !delta.is_empty() {
-                    on_text(&delta);
+                let mut tokens = answer.token_ids.len();
+                if text.stopped() {
+                    tokens = tokens_through(&info.tokenizer, &answer.token_ids, text.text().len());
+                    logprobs.truncate(tokens);
                 }
-                let tokens = answer.token_ids.len();
+                if !delta.is_empty() {
+                    on_piece(&delta, &[]);
+                }
                 if let (Some(first), true) = (first_token, tokens > 1) {
                     let per_token = (Instant::now() - first).as_secs_f64() / (tokens - 1) as f64;
                     state.metrics.time_per_output_token.observe(per_token);
@@ -191,6 +266,7 @@ async fn run_choice(
                     completion_tokens: tokens,
                     forward_passes: answer.forward_passes,
                     steps: answer.steps,
+                    logprobs,
                 });
             }
             Some(Event::Failed(Failure::Timeout)) => return Err(ApiError::Timeout(timeout)),
@@ -235,10 +311,73 @@ struct Shape {
     model: String,
     created: u64,
     include_usage: bool,
+    /// Whether choices carry log-probabilities (else `"logprobs": null`).
+    logprobs: bool,
+    info: Arc<ModelInfo>,
+}
+
+/// A token as text: its own decoding (a lone piece of a multi-byte character shows as
+/// U+FFFD, as in other OpenAI-compatible servers).
+fn token_text(tokenizer: &TextTokenizer, id: u32) -> String {
+    tokenizer.decode(&[id]).unwrap_or_default()
+}
+
+/// OpenAI's completions form: parallel lists of tokens, log-probabilities, the top
+/// alternatives as `{text: logprob}` maps and each token's offset in the text.
+fn completion_logprobs_json(tokenizer: &TextTokenizer, lps: &[TokenLogprob]) -> Value {
+    let mut offset = 0;
+    let mut tokens = Vec::with_capacity(lps.len());
+    let mut offsets = Vec::with_capacity(lps.len());
+    for lp in lps {
+        let text = token_text(tokenizer, lp.token);
+        offsets.push(offset);
+        offset += text.len();
+        tokens.push(text);
+    }
+    let top: Vec<Value> = lps
+        .iter()
+        .map(|lp| {
+            let map: serde_json::Map<String, Value> = lp
+                .top
+                .iter()
+                .map(|&(t, l)| (token_text(tokenizer, t), json!(l)))
+                .collect();
+            Value::Object(map)
+        })
+        .collect();
+    json!({
+        "tokens": tokens,
+        "token_logprobs": lps.iter().map(|lp| lp.logprob).collect::<Vec<_>>(),
+        "top_logprobs": top,
+        "text_offset": offsets,
+    })
+}
+
+/// OpenAI's chat form: one entry per token with its bytes and alternatives.
+fn chat_logprobs_json(tokenizer: &TextTokenizer, lps: &[TokenLogprob]) -> Value {
+    let entry = |id: u32, logprob: f32| {
+        let text = token_text(tokenizer, id);
+        json!({"token": text, "logprob": logprob, "bytes": text.as_bytes()})
+    };
+    let content: Vec<Value> = lps
+        .iter()
+        .map(|lp| {
+            let mut e = entry(lp.token, lp.logprob);
+            e["top_logprobs"] = lp.top.iter().map(|&(t, l)| entry(t, l)).collect();
+            e
+        })
+        .collect();
+    json!({"content": content})
 }
 
 impl Shape {
-    fn new(dialect: Dialect, model: &str, include_usage: bool) -> Self {
+    fn new(
+        dialect: Dialect,
+        model: &str,
+        include_usage: bool,
+        logprobs: bool,
+        info: Arc<ModelInfo>,
+    ) -> Self {
         let prefix = match dialect {
             Dialect::Chat => "chatcmpl",
             _ => "cmpl",
@@ -249,6 +388,18 @@ impl Shape {
             model: model.to_string(),
             created: unix_now(),
             include_usage,
+            logprobs,
+            info,
+        }
+    }
+
+    fn logprobs_of(&self, lps: &[TokenLogprob]) -> Value {
+        if !self.logprobs {
+            return Value::Null;
+        }
+        match self.dialect {
+            Dialect::Chat => chat_logprobs_json(&self.info.tokenizer, lps),
+            _ => completion_logprobs_json(&self.info.tokenizer, lps),
         }
     }
 
@@ -259,7 +410,7 @@ impl Shape {
             Dialect::Completion => json!({
                 "id": self.id, "object": "text_completion", "created": self.created, "model": self.model,
                 "choices": outcomes.iter().map(|o| json!({
-                    "index": o.index, "text": o.text, "logprobs": null, "finish_reason": o.finish_reason,
+                    "index": o.index, "text": o.text, "logprobs": self.logprobs_of(&o.logprobs), "finish_reason": o.finish_reason,
                 })).collect::<Vec<_>>(),
                 "usage": usage, "dfastllm": cost,
             }),
@@ -267,7 +418,7 @@ impl Shape {
                 "id": self.id, "object": "chat.completion", "created": self.created, "model": self.model,
                 "choices": outcomes.iter().map(|o| json!({
                     "index": o.index, "message": {"role": "assistant", "content": o.text},
-                    "logprobs": null, "finish_reason": o.finish_reason,
+                    "logprobs": self.logprobs_of(&o.logprobs), "finish_reason": o.finish_reason,
                 })).collect::<Vec<_>>(),
                 "usage": usage, "dfastllm": cost,
             }),
@@ -292,10 +443,11 @@ impl Shape {
         })
     }
 
-    fn delta(&self, index: usize, text: &str) -> Value {
+    fn delta(&self, index: usize, text: &str, lps: &[TokenLogprob]) -> Value {
+        let logprobs = self.logprobs_of(lps);
         match self.dialect {
-            Dialect::Completion => self.chunk(json!([{"index": index, "text": text, "logprobs": null, "finish_reason": null}])),
-            Dialect::Chat => self.chunk(json!([{"index": index, "delta": {"content": text}, "logprobs": null, "finish_reason": null}])),
+            Dialect::Completion => self.chunk(json!([{"index": index, "text": text, "logprobs": logprobs, "finish_reason": null}])),
+            Dialect::Chat => self.chunk(json!([{"index": index, "delta": {"content": text}, "logprobs": logprobs, "finish_reason": null}])),
             Dialect::Generate => json!({"text": text}),
         }
     }
@@ -325,7 +477,7 @@ impl Shape {
 
 enum Item {
     Start(usize),
-    Text(usize, String),
+    Text(usize, String, Vec<TokenLogprob>),
     Finished(Outcome),
     Failed(ApiError),
 }
@@ -339,25 +491,26 @@ async fn respond(
     shape: Shape,
 ) -> Result<Response, ApiError> {
     let guard = state.track();
+    let diffusion = info.architecture.is_diffusion();
     if !stream {
         let runs = job
-            .choices()
+            .choices(diffusion)
             .into_iter()
-            .map(|choice| run_choice(&state, &info, choice, |_| {}));
+            .map(|choice| run_choice(&state, &info, choice, |_, _| {}));
         let outcomes = futures::future::try_join_all(runs).await?;
         account(&state, job.prompt_tokens(), &outcomes);
         drop(guard);
         return Ok(Json(shape.whole(job.prompt_tokens(), outcomes)).into_response());
     }
     let (tx, rx) = unbounded_channel::<Item>();
-    for choice in job.choices() {
+    for choice in job.choices(diffusion) {
         let (state, info, tx) = (state.clone(), info.clone(), tx.clone());
         let index = choice.index;
         tokio::spawn(async move {
             let _ = tx.send(Item::Start(index));
             let text_tx = tx.clone();
-            let run = run_choice(&state, &info, choice, |t| {
-                let _ = text_tx.send(Item::Text(index, t.to_string()));
+            let run = run_choice(&state, &info, choice, |t, lps| {
+                let _ = text_tx.send(Item::Text(index, t.to_string(), lps.to_vec()));
             });
             // A client that disconnects closes the stream's receiver: stop at once.
             let item = tokio::select! {
@@ -419,9 +572,9 @@ fn sse(
             let data = |v: Value| SseEvent::default().data(v.to_string());
             match st.rx.recv().await {
                 Some(Item::Start(index)) => st.pending.extend(st.shape.start(index).map(data)),
-                Some(Item::Text(index, text)) => {
-                    st.pending.push_back(data(st.shape.delta(index, &text)))
-                }
+                Some(Item::Text(index, text, lps)) => st
+                    .pending
+                    .push_back(data(st.shape.delta(index, &text, &lps))),
                 Some(Item::Finished(outcome)) => {
                     st.pending
                         .push_back(data(st.shape.finish(&outcome, st.prompt_tokens)));
@@ -465,12 +618,17 @@ pub async fn completions(
         .iter()
         .map(|p| encode_prompt(&info, p, "prompt"))
         .collect::<Result<Vec<_>, _>>()?;
+    let mut resolved = resolved;
+    resolved.logprobs = completion_logprobs(req.logprobs)?;
+    let logprobs = resolved.logprobs.is_some();
     let job = Job::new(&info, ids, resolved)?;
     let include_usage = req.stream_options.is_some_and(|o| o.include_usage);
     let shape = Shape::new(
         Dialect::Completion,
         req.model.as_deref().unwrap_or(&state.config.served_name),
         include_usage,
+        logprobs,
+        info.clone(),
     );
     respond(state.clone(), info, job, req.stream, shape).await
 }
@@ -488,12 +646,17 @@ pub async fn chat_completions(
         .apply_chat_template(&messages, true)
         .map_err(|e| ApiError::invalid("messages", e.to_string()))?;
     let ids = encode_prompt(&info, &prompt, "messages")?;
+    let mut resolved = resolved;
+    resolved.logprobs = chat_logprobs(req.logprobs, req.top_logprobs)?;
+    let logprobs = resolved.logprobs.is_some();
     let job = Job::new(&info, vec![ids], resolved)?;
     let include_usage = req.stream_options.is_some_and(|o| o.include_usage);
     let shape = Shape::new(
         Dialect::Chat,
         req.model.as_deref().unwrap_or(&state.config.served_name),
         include_usage,
+        logprobs,
+        info.clone(),
     );
     respond(state.clone(), info, job, req.stream, shape).await
 }
@@ -515,7 +678,13 @@ pub async fn generate(
         .ok_or_else(|| ApiError::invalid("prompt", "prompt is required"))?;
     let ids = encode_prompt(&info, &prompt, "prompt")?;
     let job = Job::new(&info, vec![ids], resolved)?;
-    let shape = Shape::new(Dialect::Generate, &state.config.served_name, false);
+    let shape = Shape::new(
+        Dialect::Generate,
+        &state.config.served_name,
+        false,
+        false,
+        info.clone(),
+    );
     respond(state.clone(), info, job, req.stream, shape).await
 }
 

@@ -5,8 +5,9 @@ use serde::Deserialize;
 
 use super::errors::ApiError;
 use crate::config::DecodingDefaults;
+use crate::decoding::autoregressive::MAX_TOP_LOGPROBS;
 use crate::decoding::{
-    default_block_length, DiffusionParams, KvCacheMode, Mor, Parallel, Remasking,
+    default_block_length, ArParams, DiffusionParams, KvCacheMode, Mor, Parallel, Remasking,
 };
 use crate::tokenizer::ChatMessage;
 
@@ -40,6 +41,11 @@ pub struct Sampling {
     pub n: Option<i64>,
     pub stop: Option<OneOrMany>,
     pub seed: Option<i64>,
+    /// Autoregressive extensions (vLLM's names): `top_k` (0 or -1 is off), token ids
+    /// that end the answer, and `ignore_eos` for fixed-length benchmarks.
+    pub top_k: Option<i64>,
+    pub stop_token_ids: Option<Vec<i64>>,
+    pub ignore_eos: Option<bool>,
     /// Diffusion extensions.
     pub steps: Option<i64>,
     pub block_length: Option<i64>,
@@ -157,6 +163,8 @@ pub struct StreamOptions {
 pub struct CompletionRequest {
     pub model: Option<String>,
     pub prompt: Option<OneOrMany>,
+    /// Completions' form: how many alternatives to list per token (0 lists none).
+    pub logprobs: Option<i64>,
     #[serde(default)]
     pub stream: bool,
     pub stream_options: Option<StreamOptions>,
@@ -189,6 +197,9 @@ pub struct RequestMessage {
 pub struct ChatRequest {
     pub model: Option<String>,
     pub messages: Vec<RequestMessage>,
+    /// Chat's form: a switch, and the alternatives per token in `top_logprobs`.
+    pub logprobs: Option<bool>,
+    pub top_logprobs: Option<i64>,
     #[serde(default)]
     pub stream: bool,
     pub stream_options: Option<StreamOptions>,
@@ -262,6 +273,13 @@ pub struct Resolved {
     pub params: DiffusionParams,
     pub n: usize,
     pub stops: Vec<String>,
+    pub top_k: usize,
+    pub stop_token_ids: Vec<u32>,
+    pub ignore_eos: bool,
+    /// Alternatives per token when log-probabilities were asked for.
+    pub logprobs: Option<usize>,
+    /// Diffusion-only fields the request set (autoregressive models refuse them).
+    pub diffusion_fields: Vec<&'static str>,
 }
 
 impl Resolved {
@@ -271,6 +289,76 @@ impl Resolved {
             seed: self.params.seed.map(|s| s.wrapping_add(index as u64)),
             ..self.params.clone()
         }
+    }
+
+    /// The autoregressive sampler's parameters of choice `index`.
+    pub fn ar_for_choice(&self, index: usize) -> ArParams {
+        ArParams {
+            max_tokens: self.params.gen_length,
+            temperature: self.params.temperature,
+            top_p: self.params.top_p,
+            top_k: self.top_k,
+            seed: self.params.seed.map(|s| s.wrapping_add(index as u64)),
+            stop_token_ids: self.stop_token_ids.clone(),
+            ignore_eos: self.ignore_eos,
+            logprobs: self.logprobs,
+        }
+    }
+
+    /// Refuses fields the served model's kind cannot honour, naming the first one.
+    pub fn check_kind(&self, diffusion: bool) -> Result<(), ApiError> {
+        let refuse = |param: &str, what: &str| {
+            Err(ApiError::invalid(
+                param,
+                format!("{param} is not supported by {what} models"),
+            ))
+        };
+        if diffusion {
+            if self.logprobs.is_some() {
+                return refuse("logprobs", "diffusion");
+            }
+            if self.top_k > 0 {
+                return refuse("top_k", "diffusion");
+            }
+            if !self.stop_token_ids.is_empty() {
+                return refuse("stop_token_ids", "diffusion");
+            }
+            if self.ignore_eos {
+                return refuse("ignore_eos", "diffusion");
+            }
+        } else if let Some(field) = self.diffusion_fields.first() {
+            return refuse(field, "autoregressive");
+        }
+        Ok(())
+    }
+}
+
+/// `logprobs` of /v1/completions: an alternative count, 0 to [`MAX_TOP_LOGPROBS`].
+pub fn completion_logprobs(value: Option<i64>) -> Result<Option<usize>, ApiError> {
+    match value {
+        None => Ok(None),
+        Some(k) if (0..=MAX_TOP_LOGPROBS as i64).contains(&k) => Ok(Some(k as usize)),
+        Some(k) => Err(ApiError::invalid(
+            "logprobs",
+            format!("logprobs must be between 0 and {MAX_TOP_LOGPROBS}, got {k}"),
+        )),
+    }
+}
+
+/// `logprobs` + `top_logprobs` of /v1/chat/completions.
+pub fn chat_logprobs(logprobs: Option<bool>, top: Option<i64>) -> Result<Option<usize>, ApiError> {
+    match (logprobs.unwrap_or(false), top) {
+        (false, None) => Ok(None),
+        (false, Some(_)) => Err(ApiError::invalid(
+            "top_logprobs",
+            "top_logprobs needs logprobs: true",
+        )),
+        (true, None) => Ok(Some(0)),
+        (true, Some(k)) if (0..=MAX_TOP_LOGPROBS as i64).contains(&k) => Ok(Some(k as usize)),
+        (true, Some(k)) => Err(ApiError::invalid(
+            "top_logprobs",
+            format!("top_logprobs must be between 0 and {MAX_TOP_LOGPROBS}, got {k}"),
+        )),
     }
 }
 
@@ -372,6 +460,36 @@ pub fn resolve(s: &Sampling, defaults: &DecodingDefaults) -> Result<Resolved, Ap
             .map_err(|m| ApiError::invalid("kv_cache", m))?,
         None => defaults.kv_cache,
     };
+    let top_k = match s.top_k {
+        None | Some(-1) | Some(0) => 0,
+        Some(k) if k > 0 => k as usize,
+        Some(k) => {
+            return Err(ApiError::invalid(
+                "top_k",
+                format!("top_k must be -1, 0 (off) or positive, got {k}"),
+            ))
+        }
+    };
+    let stop_token_ids = s
+        .stop_token_ids
+        .iter()
+        .flatten()
+        .map(|&id| {
+            u32::try_from(id)
+                .map_err(|_| ApiError::invalid("stop_token_ids", format!("{id} is not a token id")))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let diffusion_fields = [
+        ("steps", s.steps.is_some()),
+        ("block_length", s.block_length.is_some()),
+        ("remasking", s.remasking.is_some()),
+        ("apd", s.apd.is_some()),
+        ("mor", s.mor.is_some()),
+        ("kv_cache", s.kv_cache.is_some()),
+    ]
+    .into_iter()
+    .filter_map(|(name, set)| set.then_some(name))
+    .collect();
     Ok(Resolved {
         params: DiffusionParams {
             gen_length: max_tokens,
@@ -388,6 +506,11 @@ pub fn resolve(s: &Sampling, defaults: &DecodingDefaults) -> Result<Resolved, Ap
         },
         n: n as usize,
         stops,
+        top_k,
+        stop_token_ids,
+        ignore_eos: s.ignore_eos.unwrap_or(false),
+        logprobs: None,
+        diffusion_fields,
     })
 }
 
@@ -472,6 +595,40 @@ mod tests {
         assert_eq!(bad(serde_json::json!({"stop": ""})), "stop");
         assert_eq!(bad(serde_json::json!({"remasking": "best"})), "remasking");
         assert_eq!(bad(serde_json::json!({"seed": -1})), "seed");
+    }
+
+    #[test]
+    fn autoregressive_fields_and_kind_checks() {
+        let d = DecodingDefaults::default();
+        let r = resolve(
+            &sampling(serde_json::json!({"top_k": 5, "stop_token_ids": [3], "seed": 1})),
+            &d,
+        )
+        .unwrap();
+        let ar = r.ar_for_choice(1);
+        assert_eq!(
+            (ar.top_k, ar.stop_token_ids, ar.seed),
+            (5, vec![3], Some(2))
+        );
+        assert_eq!(param_of(r.check_kind(true).map(|_| r.clone())), "top_k");
+        assert!(r.check_kind(false).is_ok());
+        let r = resolve(&sampling(serde_json::json!({"block_length": 4})), &d).unwrap();
+        assert_eq!(
+            param_of(r.check_kind(false).map(|_| r.clone())),
+            "block_length"
+        );
+        let bad = |v: serde_json::Value| param_of(resolve(&sampling(v), &d));
+        assert_eq!(bad(serde_json::json!({"top_k": -2})), "top_k");
+        assert_eq!(
+            bad(serde_json::json!({"stop_token_ids": [-1]})),
+            "stop_token_ids"
+        );
+        assert_eq!(completion_logprobs(Some(3)).unwrap(), Some(3));
+        assert!(completion_logprobs(Some(21)).is_err());
+        assert_eq!(chat_logprobs(Some(true), None).unwrap(), Some(0));
+        assert_eq!(chat_logprobs(Some(true), Some(4)).unwrap(), Some(4));
+        assert!(chat_logprobs(None, Some(4)).is_err());
+        assert_eq!(chat_logprobs(Some(false), None).unwrap(), None);
     }
 
     #[test]
