@@ -21,6 +21,7 @@ use tokenizers::pre_tokenizers::byte_level::ByteLevel;
 use tokenizers::{AddedToken, Tokenizer};
 
 use crate::models::Architecture;
+use crate::tokenizer::byte_to_char;
 
 /// config.json key that marks a checkpoint as random demo weights.
 pub const DEMO_MARKER: &str = "dfastllm_demo";
@@ -149,17 +150,6 @@ const DREAM_CHAT_TEMPLATE: &str = "{%- for message in messages %}{%- if loop.fir
 
 /// TinyLlama-Chat's (Zephyr's) template.
 const ZEPHYR_CHAT_TEMPLATE: &str = "{% for message in messages %}{% if message['role'] == 'user' %}{{ '<|user|>\n' + message['content'] + eos_token + '\n' }}{% elif message['role'] == 'system' %}{{ '<|system|>\n' + message['content'] + eos_token + '\n' }}{% elif message['role'] == 'assistant' %}{{ '<|assistant|>\n'  + message['content'] + eos_token + '\n' }}{% endif %}{% if loop.last and add_generation_prompt %}{{ '<|assistant|>\n' }}{% endif %}{% endfor %}";
-
-/// GPT-2's reversible byte -> printable character map used by byte-level BPE.
-fn byte_to_char(b: u8) -> char {
-    let printable = |b: u8| matches!(b, b'!'..=b'~' | 0xA1..=0xAC | 0xAE..=0xFF);
-    if printable(b) {
-        char::from(b)
-    } else {
-        let rank = (0..b).filter(|&x| !printable(x)).count() as u32;
-        char::from_u32(256 + rank).expect("256..324 are valid scalar values")
-    }
-}
 
 fn build_tokenizer(arch: Architecture) -> Result<Tokenizer, DemoError> {
     let vocab: tokenizers::models::bpe::Vocab = (0..=255u8)

@@ -54,6 +54,33 @@ impl std::fmt::Debug for TextTokenizer {
     }
 }
 
+fn byte_level_printable(b: u8) -> bool {
+    matches!(b, b'!'..=b'~' | 0xA1..=0xAC | 0xAE..=0xFF)
+}
+
+/// GPT-2's reversible byte -> printable character map used by byte-level BPE
+/// vocabularies (GPT-2, Qwen2, Llama 3, the demo models).
+pub fn byte_to_char(b: u8) -> char {
+    if byte_level_printable(b) {
+        char::from(b)
+    } else {
+        let rank = (0..b).filter(|&x| !byte_level_printable(x)).count() as u32;
+        char::from_u32(256 + rank).unwrap_or(char::REPLACEMENT_CHARACTER)
+    }
+}
+
+/// The inverse of [`byte_to_char`].
+fn char_to_byte(c: char) -> Option<u8> {
+    let code = u32::from(c);
+    if let Ok(b) = u8::try_from(code) {
+        if byte_level_printable(b) {
+            return Some(b);
+        }
+    }
+    let rank = code.checked_sub(256)? as usize;
+    (0..=255u8).filter(|&b| !byte_level_printable(b)).nth(rank)
+}
+
 /// `bos_token` and friends are either a string or an AddedToken object.
 fn token_text(v: Option<&Value>) -> Option<String> {
     match v? {
@@ -125,6 +152,42 @@ impl TextTokenizer {
             .map_err(|e| TokenizerError::Tokenize(e.to_string()))
     }
 
+    /// The bytes token `id` stands for. Decoding a lone piece of a multi-byte character
+    /// gives U+FFFD, so byte-level (GPT-2 style) and byte-fallback (`<0xE4>`) pieces are
+    /// read from the vocabulary instead. Special tokens keep their text.
+    pub fn token_bytes(&self, id: u32) -> Vec<u8> {
+        let text = self.inner.decode(&[id], false).unwrap_or_default();
+        if !text.contains('\u{FFFD}') {
+            return text.into_bytes();
+        }
+        let Some(piece) = self.inner.id_to_token(id) else {
+            return text.into_bytes();
+        };
+        if let Some(hex) = piece.strip_prefix("<0x").and_then(|p| p.strip_suffix('>')) {
+            if let Ok(byte) = u8::from_str_radix(hex, 16) {
+                return vec![byte];
+            }
+        }
+        piece
+            .chars()
+            .map(char_to_byte)
+            .collect::<Option<Vec<u8>>>()
+            .unwrap_or_else(|| text.into_bytes())
+    }
+
+    /// A token as text for log-probability listings: its text, or OpenAI's
+    /// `bytes:\xNN` form when it is not valid UTF-8 on its own.
+    pub fn token_display(&self, id: u32) -> String {
+        let bytes = self.token_bytes(id);
+        match String::from_utf8(bytes) {
+            Ok(text) => text,
+            Err(e) => {
+                let hex: String = e.as_bytes().iter().map(|b| format!("\\x{b:02x}")).collect();
+                format!("bytes:{hex}")
+            }
+        }
+    }
+
     pub fn token_id(&self, token: &str) -> Option<u32> {
         self.inner.token_to_id(token)
     }
@@ -188,6 +251,21 @@ mod tests {
         write_demo_model(&DemoSpec::tiny(arch), dir.path()).unwrap();
         let tok = TextTokenizer::load(dir.path()).unwrap();
         (dir, tok)
+    }
+
+    #[test]
+    fn token_bytes_recover_pieces_of_multibyte_characters() {
+        let (_d, tok) = demo(Architecture::Qwen2);
+        let ids = tok.encode("é").unwrap();
+        assert_eq!(ids, vec![0xC3, 0xA9]);
+        assert_eq!(tok.token_bytes(0xC3), vec![0xC3]);
+        assert_eq!(tok.token_display(0xC3), "bytes:\\xc3");
+        assert_eq!(tok.token_display(u32::from(b'a')), "a");
+        assert_eq!(tok.token_display(u32::from(b' ')), " ");
+        assert_eq!(tok.token_display(256), "<|endoftext|>");
+        for b in 0..=255u8 {
+            assert_eq!(char_to_byte(byte_to_char(b)), Some(b));
+        }
     }
 
     #[test]

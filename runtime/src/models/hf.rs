@@ -59,6 +59,9 @@ impl Config {
                 .unwrap_or("silu"),
         )
         .map_err(invalid)?;
+        if v.get("mlp_bias").and_then(Value::as_bool).unwrap_or(false) {
+            return Err(invalid("mlp_bias: true is not supported".into()));
+        }
         if let Some(head_dim) = v.get("head_dim").and_then(Value::as_u64) {
             if head_dim as usize != hidden_size / num_attention_heads {
                 return Err(invalid(format!(

@@ -316,10 +316,8 @@ struct Shape {
     info: Arc<ModelInfo>,
 }
 
-/// A token as text: its own decoding (a lone piece of a multi-byte character shows as
-/// U+FFFD, as in other OpenAI-compatible servers).
 fn token_text(tokenizer: &TextTokenizer, id: u32) -> String {
-    tokenizer.decode(&[id]).unwrap_or_default()
+    tokenizer.token_display(id)
 }
 
 /// OpenAI's completions form: parallel lists of tokens, log-probabilities, the top
@@ -356,8 +354,7 @@ fn completion_logprobs_json(tokenizer: &TextTokenizer, lps: &[TokenLogprob]) -> 
 /// OpenAI's chat form: one entry per token with its bytes and alternatives.
 fn chat_logprobs_json(tokenizer: &TextTokenizer, lps: &[TokenLogprob]) -> Value {
     let entry = |id: u32, logprob: f32| {
-        let text = token_text(tokenizer, id);
-        json!({"token": text, "logprob": logprob, "bytes": text.as_bytes()})
+        json!({"token": token_text(tokenizer, id), "logprob": logprob, "bytes": tokenizer.token_bytes(id)})
     };
     let content: Vec<Value> = lps
         .iter()

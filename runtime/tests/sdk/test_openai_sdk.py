@@ -42,7 +42,9 @@ def http_status(url):
         return 0
 
 
-BUNDLED = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "..", "models", "dfastllm-tiny-llada")
+MODELS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "..", "models")
+BUNDLED = os.path.join(MODELS, "dfastllm-tiny-llada")
+BUNDLED_AR = os.path.join(MODELS, "dfastllm-tiny-ar")
 
 
 class Server:
@@ -80,7 +82,9 @@ class Server:
         self.dir.cleanup()
 
 
-@pytest.fixture(scope="module", params=["llada", "dream"])
+# Every test taking `server` runs against the two diffusion architectures and two
+# autoregressive ones.
+@pytest.fixture(scope="module", params=["llada", "dream", "llama", "qwen2"])
 def server(request):
     s = Server(request.param, "--batch-wait-ms", "300", "--max-tokens", "16")
     yield s
@@ -300,3 +304,110 @@ def test_fast_decoding_fields_are_validated(tiny, extra, param):
         tiny.client.completions.create(model="gpt-3.5-turbo", prompt="sort 21=", max_tokens=32, extra_body=extra)
     assert e.value.status_code == 400
     assert e.value.body["param"] == param
+
+
+# --- Autoregressive models -------------------------------------------------------------
+
+@pytest.fixture(scope="module", params=["llama", "qwen2"])
+def ar(request):
+    s = Server(request.param, "--batch-wait-ms", "100", "--max-tokens", "16")
+    yield s
+    s.close()
+
+
+def test_completion_logprobs(ar):
+    r = ar.client.completions.create(model="gpt-3.5-turbo", prompt="Hello", max_tokens=8, temperature=0,
+                                     logprobs=2, extra_body={"ignore_eos": True})
+    c = r.choices[0]
+    lp = c.logprobs
+    assert r.usage.completion_tokens == 8 and c.finish_reason == "length"
+    assert len(lp.tokens) == len(lp.token_logprobs) == len(lp.top_logprobs) == len(lp.text_offset) == 8
+    for chosen, top in zip(lp.token_logprobs, lp.top_logprobs):
+        assert chosen <= 0.0
+        assert len(top) == 2
+        # Greedy: the chosen token is the most likely one.
+        assert abs(chosen - max(top.values())) < 1e-5
+
+
+def test_chat_logprobs_streamed_and_whole_agree(ar):
+    args = dict(model="gpt-3.5-turbo", messages=[{"role": "user", "content": "Hi"}], max_tokens=10,
+                temperature=0, logprobs=True, top_logprobs=3, extra_body={"ignore_eos": True})
+    whole = ar.client.chat.completions.create(**args)
+    content = whole.choices[0].logprobs.content
+    assert len(content) == 10
+    assert all(len(t.top_logprobs) == 3 and t.logprob <= 0 for t in content)
+    streamed = [t for chunk in ar.client.chat.completions.create(stream=True, **args)
+                if chunk.choices and chunk.choices[0].logprobs
+                for t in chunk.choices[0].logprobs.content]
+    assert [t.token for t in streamed] == [t.token for t in content]
+    assert all(abs(a.logprob - b.logprob) < 1e-5 for a, b in zip(streamed, content))
+
+
+def test_top_k_one_is_greedy_and_seeds_repeat(ar):
+    def text(**kw):
+        return ar.client.completions.create(model="gpt-3.5-turbo", prompt="abc", max_tokens=12,
+                                            **kw).choices[0].text
+    greedy = text(temperature=0)
+    assert text(temperature=1.5, extra_body={"top_k": 1}) == greedy
+    sampled = [text(temperature=1.0, top_p=0.9, seed=s, extra_body={"top_k": 50}) for s in (1, 1, 2)]
+    assert sampled[0] == sampled[1]
+
+
+def test_stop_token_ids_and_ignore_eos(ar):
+    # The demo tokenizer is byte-level: an ASCII character's token id is its code.
+    free = ar.client.completions.create(model="gpt-3.5-turbo", prompt="abc", max_tokens=16, temperature=0,
+                                        extra_body={"ignore_eos": True})
+    text = free.choices[0].text
+    assert free.usage.completion_tokens == 16 and free.choices[0].finish_reason == "length"
+    cut = next((i for i, ch in enumerate(text) if i > 0 and ch.isascii() and ch not in text[:i]), None)
+    if cut is not None:
+        r = ar.client.completions.create(model="gpt-3.5-turbo", prompt="abc", max_tokens=16, temperature=0,
+                                         extra_body={"ignore_eos": True, "stop_token_ids": [ord(text[cut])]})
+        assert r.choices[0].text == text[:cut]
+        assert r.choices[0].finish_reason == "stop"
+
+
+def test_batch_of_different_prompt_lengths(ar):
+    prompts = ["a", "a much longer prompt than the first", "mid length"]
+    alone = [ar.client.completions.create(model="gpt-3.5-turbo", prompt=p, max_tokens=12, temperature=0,
+                                          extra_body={"ignore_eos": True}).choices[0].text for p in prompts]
+    together = ar.client.completions.create(model="gpt-3.5-turbo", prompt=prompts, max_tokens=12, temperature=0,
+                                            extra_body={"ignore_eos": True})
+    assert [c.text for c in sorted(together.choices, key=lambda c: c.index)] == alone
+
+
+@pytest.mark.parametrize("extra,param", [
+    ({"block_length": 4}, "block_length"),
+    ({"apd": {"mode": "threshold"}}, "apd"),
+    ({"top_k": -3}, "top_k"),
+    ({"stop_token_ids": [-1]}, "stop_token_ids"),
+])
+def test_ar_fields_are_validated(ar, extra, param):
+    with pytest.raises(openai.BadRequestError) as e:
+        ar.client.completions.create(model="gpt-3.5-turbo", prompt="x", max_tokens=4, extra_body=extra)
+    assert e.value.body["param"] == param
+
+
+def test_logprobs_on_a_diffusion_model_is_400(tiny):
+    with pytest.raises(openai.BadRequestError) as e:
+        tiny.client.completions.create(model="gpt-3.5-turbo", prompt="x", max_tokens=8, logprobs=1)
+    assert e.value.body["param"] == "logprobs"
+    with pytest.raises(openai.BadRequestError) as e:
+        tiny.client.completions.create(model="gpt-3.5-turbo", prompt="x", max_tokens=8, extra_body={"top_k": 5})
+    assert e.value.body["param"] == "top_k"
+
+
+def test_bundled_ar_model_answers_and_stops_at_eos():
+    s = Server("llama", "--max-tokens", "32", model_dir=BUNDLED_AR)
+    try:
+        r = s.client.completions.create(model="gpt-3.5-turbo", prompt="sort 9081726=", max_tokens=32, temperature=0)
+        assert r.choices[0].text == "0126789"
+        assert r.choices[0].finish_reason == "stop"
+        assert r.usage.completion_tokens == 7
+        stream = s.client.completions.create(model="gpt-3.5-turbo", prompt="rev hello=", max_tokens=32,
+                                             temperature=0, stream=True)
+        pieces = [c.choices[0].text for c in stream if c.choices]
+        assert "".join(pieces) == "olleh"
+        assert len([p for p in pieces if p]) >= 2, "streamed token by token"
+    finally:
+        s.close()
