@@ -108,6 +108,22 @@ pub enum ModelArchitecture {
     Gpt2,
 }
 
+impl ModelArchitecture {
+    /// The name in the CRD and in runtime.toml's `[model] architecture`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Auto => "auto",
+            Self::Llada => "llada",
+            Self::Dream => "dream",
+            Self::Mdlm => "mdlm",
+            Self::Llama => "llama",
+            Self::Qwen2 => "qwen2",
+            Self::Phi => "phi",
+            Self::Gpt2 => "gpt2",
+        }
+    }
+}
+
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct StorageSpec {

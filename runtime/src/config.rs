@@ -32,6 +32,8 @@ pub struct ModelSection {
     pub aliases: Option<Vec<String>>,
     pub device: Option<String>,
     pub dtype: Option<String>,
+    /// `auto` or the architecture the checkpoint must be (checked against config.json).
+    pub architecture: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
@@ -187,6 +189,8 @@ impl Default for DecodingDefaults {
 #[derive(Debug, Clone, PartialEq)]
 pub struct RuntimeConfig {
     pub model_path: PathBuf,
+    /// `None` is `auto`: whatever config.json says.
+    pub architecture: Option<crate::models::Architecture>,
     pub served_name: String,
     pub aliases: Vec<String>,
     pub device: String,
@@ -208,6 +212,7 @@ pub struct RuntimeConfig {
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Overrides {
     pub model_path: Option<PathBuf>,
+    pub architecture: Option<String>,
     pub served_name: Option<String>,
     pub aliases: Option<Vec<String>>,
     pub device: Option<String>,
@@ -288,7 +293,15 @@ impl RuntimeConfig {
             None => d.apd.clone().unwrap_or_default().parallel()?,
         };
         let mor = o.mor.or_else(|| d.mor.as_ref().and_then(MorSection::mor));
+        let architecture = match o.architecture.or(file.model.architecture).as_deref() {
+            None | Some("auto") => None,
+            Some(name) => Some(name.parse().map_err(|message| ConfigError::Invalid {
+                field: "model.architecture",
+                message,
+            })?),
+        };
         let cfg = Self {
+            architecture,
             served_name,
             aliases: o.aliases.or(file.model.aliases).unwrap_or_default(),
             device: o
@@ -378,6 +391,7 @@ mod tests {
         let file = FileConfig::parse(text).unwrap();
         let cfg = RuntimeConfig::merge(Overrides::default(), file).unwrap();
         assert_eq!(cfg.served_name, "llada-8b");
+        assert_eq!(cfg.architecture, None, "the fixture says auto");
         assert_eq!(cfg.aliases, vec!["gpt-3.5-turbo".to_string()]);
         assert_eq!(cfg.max_concurrent_requests, 32);
         assert_eq!(cfg.decoding.gen_length, 256);

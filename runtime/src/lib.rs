@@ -7,6 +7,7 @@
 //! `serve` puts `server` (HTTP, OpenAI API) in front of `engine` (one scheduler thread
 //! that owns the model and batches every request's decoding steps).
 
+pub mod batch;
 pub mod config;
 pub mod decoding;
 pub mod demo;
@@ -14,7 +15,9 @@ pub mod device;
 pub mod engine;
 pub mod eval;
 pub mod generation;
+pub mod loadgen;
 pub mod metrics;
 pub mod models;
+pub mod plot;
 pub mod server;
 pub mod tokenizer;

@@ -9,13 +9,15 @@ use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand};
 use dfastllm::config::{FileConfig, Overrides, RuntimeConfig};
 use dfastllm::decoding::{
-    ArParams, DecodeError, DiffusionParams, KvCacheMode, Mor, Parallel, Remasking,
+    autoregressive, ArParams, ArSequence, DecodeError, DiffusionParams, KvCacheMode, Mor, Parallel,
+    Remasking,
 };
 use dfastllm::demo::{write_demo_model, DemoDType, DemoSpec};
 use dfastllm::device::{self, DeviceChoice};
 use dfastllm::engine::{engine, EngineConfig, Scheduler};
 use dfastllm::generation::{GenerationError, Generator, Prompt};
 use dfastllm::metrics::Metrics;
+use dfastllm::models::causal::CausalCache;
 use dfastllm::models::{self, Architecture, Batch, DTypeChoice, Network};
 use dfastllm::server::{serve, AppState, ModelInfo};
 use dfastllm::tokenizer::ChatMessage;
@@ -48,6 +50,8 @@ enum Command {
     /// Measure the runtime.
     #[command(subcommand)]
     Bench(BenchCommand),
+    /// Run an OpenAI Batch API file (resumable) against a model or a server.
+    Batch(BatchArgs),
 }
 
 #[derive(Args, Debug)]
@@ -295,6 +299,10 @@ struct ServeArgs {
     /// auto, f32, f16, bf16 [default: auto].
     #[arg(long, env = "DFASTLLM_DTYPE")]
     dtype: Option<String>,
+    /// The architecture the checkpoint must be: auto (whatever config.json says), llada,
+    /// dream, llama, qwen2, phi, gpt2 [default: auto].
+    #[arg(long, env = "DFASTLLM_ARCHITECTURE")]
+    architecture: Option<String>,
     /// [default: 0.0.0.0]
     #[arg(long, env = "DFASTLLM_HOST")]
     host: Option<String>,
@@ -365,6 +373,7 @@ impl ServeArgs {
     fn overrides(&self) -> Overrides {
         Overrides {
             model_path: self.model.clone(),
+            architecture: self.architecture.clone(),
             served_name: self.served_name.clone(),
             aliases: self.aliases.clone(),
             device: self.device.clone(),
@@ -396,6 +405,141 @@ impl ServeArgs {
 enum BenchCommand {
     /// Time full forward passes of a model on fixed input (for side-by-side comparisons).
     Forward(BenchForwardArgs),
+    /// Autoregressive generation throughput: a batch of prompts decoded together through
+    /// the engine's path (prefill, then one token per sequence per pass, KV cache).
+    Generate(BenchGenerateArgs),
+    /// Load-test a running OpenAI-compatible server across concurrency levels.
+    Serve(Box<BenchServeArgs>),
+}
+
+#[derive(Args, Debug)]
+struct BenchServeArgs {
+    /// Base URL of the server (without /v1).
+    #[arg(
+        long,
+        env = "DFASTLLM_BENCH_URL",
+        default_value = "http://127.0.0.1:8000"
+    )]
+    url: String,
+    /// Bearer key for servers started with --api-keys.
+    #[arg(long, env = "DFASTLLM_API_KEY")]
+    api_key: Option<String>,
+    /// Model name to send [default: the first one /v1/models lists].
+    #[arg(long, env = "DFASTLLM_BENCH_MODEL")]
+    model: Option<String>,
+    /// completions or chat.
+    #[arg(long, env = "DFASTLLM_BENCH_ENDPOINT", default_value = "completions")]
+    endpoint: dfastllm::loadgen::Endpoint,
+    /// Comma-separated concurrency levels, run in order.
+    #[arg(
+        long,
+        env = "DFASTLLM_BENCH_CONCURRENCY",
+        value_delimiter = ',',
+        default_value = "1,2,4,8,16"
+    )]
+    concurrency: Vec<usize>,
+    /// Requests per level.
+    #[arg(
+        long,
+        env = "DFASTLLM_BENCH_REQUESTS",
+        default_value_t = 32,
+        conflicts_with = "duration"
+    )]
+    requests: usize,
+    /// Seconds per level instead of a request count.
+    #[arg(long, env = "DFASTLLM_BENCH_DURATION")]
+    duration: Option<f64>,
+    /// Poisson arrivals at this many requests/s (capped by the level's concurrency)
+    /// [default: closed loop, a new request as soon as one finishes].
+    #[arg(long, env = "DFASTLLM_BENCH_REQUEST_RATE")]
+    request_rate: Option<f64>,
+    /// Synthetic prompt length in words (about one token each in BPE vocabularies).
+    #[arg(long, env = "DFASTLLM_BENCH_PROMPT_TOKENS", default_value_t = 32)]
+    prompt_tokens: usize,
+    /// max_tokens of each request.
+    #[arg(long, env = "DFASTLLM_BENCH_OUTPUT_TOKENS", default_value_t = 32)]
+    output_tokens: usize,
+    /// JSONL prompts ({"prompt"} or {"messages"}, optional "max_tokens") instead of synthetic ones.
+    #[arg(long, env = "DFASTLLM_BENCH_DATASET")]
+    dataset: Option<PathBuf>,
+    /// Send ignore_eos so answers run to max_tokens (autoregressive servers only).
+    #[arg(long, env = "DFASTLLM_BENCH_IGNORE_EOS")]
+    ignore_eos: bool,
+    /// SLO on time to first token, ms (for goodput).
+    #[arg(long, env = "DFASTLLM_BENCH_SLO_TTFT")]
+    slo_ttft: Option<f64>,
+    /// SLO on time per output token, ms (for goodput).
+    #[arg(long, env = "DFASTLLM_BENCH_SLO_TPOT")]
+    slo_tpot: Option<f64>,
+    /// Write the full report as JSON here.
+    #[arg(long, env = "DFASTLLM_BENCH_OUT")]
+    out: Option<PathBuf>,
+    /// Write throughput.png, latency.png and ttft.png here.
+    #[arg(long, env = "DFASTLLM_BENCH_PLOT_DIR")]
+    plot_dir: Option<PathBuf>,
+    #[arg(long, env = "DFASTLLM_BENCH_SEED", default_value_t = 0)]
+    seed: u64,
+    /// Per-request timeout.
+    #[arg(long, env = "DFASTLLM_BENCH_TIMEOUT_SECONDS", default_value_t = 600)]
+    timeout_seconds: u64,
+}
+
+#[derive(Args, Debug)]
+struct BatchArgs {
+    /// OpenAI Batch input: JSONL of {"custom_id", "method", "url", "body"}.
+    #[arg(long, env = "DFASTLLM_BATCH_INPUT")]
+    input: PathBuf,
+    /// Results, appended; a rerun skips custom_ids already here.
+    #[arg(long, env = "DFASTLLM_BATCH_OUTPUT")]
+    output: PathBuf,
+    /// Run the model in this process (a loopback server on this checkpoint)...
+    #[arg(
+        long,
+        env = "DFASTLLM_MODEL",
+        conflicts_with = "url",
+        required_unless_present = "url"
+    )]
+    model: Option<PathBuf>,
+    /// ...or send the requests to this server (base URL, without /v1).
+    #[arg(long, env = "DFASTLLM_BATCH_URL")]
+    url: Option<String>,
+    /// Bearer key for --url servers started with --api-keys.
+    #[arg(long, env = "DFASTLLM_API_KEY")]
+    api_key: Option<String>,
+    /// Requests in flight at once.
+    #[arg(long, env = "DFASTLLM_BATCH_CONCURRENCY", default_value_t = 8)]
+    concurrency: usize,
+    /// Completion window, e.g. 24h: reports whether the whole input fits it at the
+    /// throughput this run measured, and the margin.
+    #[arg(long, env = "DFASTLLM_BATCH_SLA")]
+    sla: Option<String>,
+    /// Per-request timeout.
+    #[arg(long, env = "DFASTLLM_BATCH_TIMEOUT_SECONDS", default_value_t = 600)]
+    timeout_seconds: u64,
+    /// With --model: auto, cpu, cuda, cuda:N.
+    #[arg(long, env = "DFASTLLM_DEVICE", default_value = "auto")]
+    device: String,
+    /// With --model: auto, f32, f16, bf16.
+    #[arg(long, env = "DFASTLLM_DTYPE", default_value = "auto")]
+    dtype: String,
+}
+
+#[derive(Args, Debug)]
+struct BenchGenerateArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// Sequences decoded together.
+    #[arg(long, env = "DFASTLLM_BENCH_BATCH", default_value_t = 1)]
+    batch: usize,
+    /// Prompt tokens per sequence.
+    #[arg(long, env = "DFASTLLM_BENCH_PROMPT_LEN", default_value_t = 32)]
+    prompt_len: usize,
+    /// Tokens generated per sequence (EOS ignored, so every run generates this many).
+    #[arg(long, env = "DFASTLLM_BENCH_MAX_TOKENS", default_value_t = 32)]
+    max_tokens: usize,
+    /// Timed runs after one warm-up; the median is reported.
+    #[arg(long, env = "DFASTLLM_BENCH_REPEAT", default_value_t = 3)]
+    repeat: usize,
 }
 
 #[derive(Args, Debug)]
@@ -615,6 +759,308 @@ fn run_demo_model(args: DemoModelArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A progress bar on stderr (drawn only when stderr is a terminal).
+fn progress_bar(len: usize, prefix: String) -> indicatif::ProgressBar {
+    let bar = if len == 0 {
+        indicatif::ProgressBar::new_spinner()
+    } else {
+        indicatif::ProgressBar::new(len as u64)
+    };
+    let template = if len == 0 {
+        "{prefix} {spinner} {pos} done, {elapsed}"
+    } else {
+        "{prefix} [{bar:30}] {pos}/{len} {per_sec} ETA {eta}"
+    };
+    if let Ok(style) = indicatif::ProgressStyle::with_template(template) {
+        bar.set_style(style.progress_chars("=> "));
+    }
+    bar.set_prefix(prefix);
+    bar
+}
+
+fn run_bench_serve(args: BenchServeArgs) -> anyhow::Result<()> {
+    use dfastllm::loadgen::{self, LoadConfig};
+    let url = args.url.trim_end_matches('/').to_string();
+    let prompts = match &args.dataset {
+        Some(path) => loadgen::read_dataset(path, args.output_tokens)?,
+        None => {
+            let mut rng = <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(args.seed);
+            (0..64)
+                .map(|_| loadgen::Prompt {
+                    text: loadgen::synthetic_prompt(args.prompt_tokens, &mut rng),
+                    max_tokens: args.output_tokens,
+                })
+                .collect()
+        }
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let report = runtime.block_on(async {
+        let model = match &args.model {
+            Some(m) => m.clone(),
+            None => {
+                loadgen::first_model(&reqwest::Client::new(), &url, args.api_key.as_deref()).await?
+            }
+        };
+        let cfg = LoadConfig {
+            url: url.clone(),
+            api_key: args.api_key.clone(),
+            model,
+            endpoint: args.endpoint,
+            concurrency: args.concurrency.clone(),
+            requests: args.requests,
+            duration: args.duration.map(std::time::Duration::from_secs_f64),
+            request_rate: args.request_rate,
+            prompts,
+            slo_ttft_ms: args.slo_ttft,
+            slo_tpot_ms: args.slo_tpot,
+            ignore_eos: args.ignore_eos,
+            seed: args.seed,
+            timeout: std::time::Duration::from_secs(args.timeout_seconds),
+        };
+        let bar = std::sync::Mutex::new(None::<indicatif::ProgressBar>);
+        let on_level = |c: usize, n: usize| {
+            if let Ok(mut b) = bar.lock() {
+                if let Some(old) = b.take() {
+                    old.finish();
+                }
+                *b = Some(progress_bar(n, format!("concurrency {c:>3}")));
+            }
+        };
+        let tick = || {
+            if let Ok(b) = bar.lock() {
+                if let Some(b) = b.as_ref() {
+                    b.inc(1);
+                }
+            }
+        };
+        let report = loadgen::run(cfg, &on_level, &tick).await;
+        if let Ok(mut b) = bar.lock() {
+            if let Some(old) = b.take() {
+                old.finish();
+            }
+        }
+        anyhow::Ok(report?)
+    })?;
+    print!("{}", loadgen::table(&report));
+    if let Some(out) = &args.out {
+        std::fs::write(out, serde_json::to_string_pretty(&report)? + "\n")
+            .with_context(|| format!("--out {}", out.display()))?;
+        eprintln!("wrote {}", out.display());
+    }
+    if let Some(dir) = &args.plot_dir {
+        for path in dfastllm::plot::write_plots(&report, dir)? {
+            eprintln!("wrote {}", path.display());
+        }
+    }
+    Ok(())
+}
+
+/// A loopback server on `model_dir`, for `dfastllm batch --model`; returns its base URL
+/// and a sender that shuts it down.
+async fn serve_in_process(
+    model_dir: &std::path::Path,
+    device: &str,
+    dtype: &str,
+    concurrency: usize,
+) -> anyhow::Result<(
+    String,
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<()>,
+)> {
+    let overrides = Overrides {
+        model_path: Some(model_dir.to_path_buf()),
+        host: Some("127.0.0.1".into()),
+        port: Some(0),
+        device: Some(device.into()),
+        dtype: Some(dtype.into()),
+        max_concurrent_requests: Some(concurrency.max(1)),
+        max_queue: Some(concurrency.max(1) * 4),
+        ..Overrides::default()
+    };
+    let cfg = RuntimeConfig::merge(overrides, FileConfig::default())?;
+    let device: DeviceChoice = cfg
+        .device
+        .parse()
+        .map_err(|e| anyhow::anyhow!("--device: {e}"))?;
+    let dtype: DTypeChoice = cfg
+        .dtype
+        .parse()
+        .map_err(|e| anyhow::anyhow!("--dtype: {e}"))?;
+    if !cfg.model_path.join("config.json").is_file() {
+        bail!("--model: {} has no config.json", cfg.model_path.display());
+    }
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0)).await?;
+    let addr = listener.local_addr()?;
+    let metrics = Arc::new(Metrics::new());
+    let (handle, scheduler) = engine(
+        EngineConfig {
+            max_concurrent_requests: cfg.max_concurrent_requests,
+            max_queue: cfg.max_queue,
+            batch_wait: std::time::Duration::from_millis(cfg.batch_wait_ms),
+        },
+        metrics.clone(),
+    );
+    let state = AppState::new(cfg.clone(), handle, metrics);
+    let (loaded_tx, loaded_rx) = tokio::sync::oneshot::channel::<Result<(), String>>();
+    let engine_state = state.clone();
+    std::thread::Builder::new()
+        .name("dfastllm-engine".into())
+        .spawn(move || {
+            // Readiness is reported by the first state change: ready, or failed.
+            let result =
+                load_and_schedule_then(&cfg, device, dtype, &engine_state, scheduler, loaded_tx);
+            if let Err(e) = result {
+                tracing::error!(error = %format!("{e:#}"), "engine stopped");
+            }
+        })?;
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(async move {
+        let _ = serve(listener, state, async {
+            let _ = stop_rx.await;
+        })
+        .await;
+    });
+    match loaded_rx.await {
+        Ok(Ok(())) => Ok((format!("http://{addr}"), stop_tx, server)),
+        Ok(Err(message)) => bail!("--model: {message}"),
+        Err(_) => bail!("--model: the engine stopped while loading"),
+    }
+}
+
+fn run_batch(args: BatchArgs) -> anyhow::Result<()> {
+    use dfastllm::batch::{self, BatchConfig};
+    let window = args
+        .sla
+        .as_deref()
+        .map(batch::parse_window)
+        .transpose()
+        .map_err(|e| anyhow::anyhow!("--sla: {e}"))?;
+    let jobs = batch::read_input(&args.input)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let summary = runtime.block_on(async {
+        let (url, stop) = match (&args.model, &args.url) {
+            (Some(dir), _) => {
+                let (url, stop, server) =
+                    serve_in_process(dir, &args.device, &args.dtype, args.concurrency).await?;
+                (url, Some((stop, server)))
+            }
+            (None, Some(url)) => (url.trim_end_matches('/').to_string(), None),
+            (None, None) => bail!("one of --model or --url is required"),
+        };
+        let cfg = BatchConfig {
+            url,
+            api_key: args.api_key.clone(),
+            concurrency: args.concurrency,
+            timeout: std::time::Duration::from_secs(args.timeout_seconds),
+        };
+        let bar = std::sync::OnceLock::new();
+        let progress = |done: usize, todo: usize| {
+            let bar = bar.get_or_init(|| progress_bar(todo, "batch".into()));
+            bar.set_position(done as u64);
+        };
+        let summary = batch::run(cfg, jobs, &args.output, &progress).await;
+        if let Some(bar) = bar.get() {
+            bar.finish();
+        }
+        if let Some((stop, server)) = stop {
+            let _ = stop.send(());
+            let _ = server.await;
+        }
+        anyhow::Ok(summary?)
+    })?;
+    eprintln!(
+        "{} lines: {} done before, {} completed, {} failed, in {:.1}s ({:.2} req/s, {} output tokens)",
+        summary.total,
+        summary.skipped,
+        summary.completed,
+        summary.failed,
+        summary.elapsed_s,
+        summary.request_throughput,
+        summary.output_tokens
+    );
+    if let Some(window) = window {
+        eprintln!(
+            "{}",
+            batch::sla_verdict(summary.total, summary.request_throughput, window)
+        );
+    }
+    println!("{}", serde_json::to_string(&summary)?);
+    Ok(())
+}
+
+/// The prompt of row `row` in benchmarks: byte-range ids, different per row.
+fn bench_prompt(row: usize, len: usize) -> Vec<u32> {
+    (0..len)
+        .map(|i| ((i * 7 + row * 13 + 3) % 250) as u32)
+        .collect()
+}
+
+fn run_bench_generate(args: BenchGenerateArgs) -> anyhow::Result<()> {
+    if args.batch == 0 || args.prompt_len == 0 || args.max_tokens == 0 || args.repeat == 0 {
+        bail!("--batch, --prompt-len, --max-tokens and --repeat must be at least 1");
+    }
+    let device = device::select(args.model.device)?;
+    let loaded = models::load(&args.model.model, &device, args.model.dtype)?;
+    let Some(model) = loaded.model.causal() else {
+        bail!(
+            "--model: {} is a diffusion model; `dfastllm bench generate` measures autoregressive decoding (use `dfastllm eval` for diffusion)",
+            loaded.architecture
+        );
+    };
+    let prompts: Vec<Vec<u32>> = (0..args.batch)
+        .map(|r| bench_prompt(r, args.prompt_len))
+        .collect();
+    // (first pass: prefill and the first token, whole run) in seconds.
+    let run = |max_tokens: usize| -> anyhow::Result<(f64, f64)> {
+        let params = ArParams {
+            ignore_eos: true,
+            ..ArParams::greedy(max_tokens)
+        };
+        let mut seqs = prompts
+            .iter()
+            .map(|p| ArSequence::new(p, params.clone(), &loaded.special, model.max_context()))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let mut cache = CausalCache::new();
+        let start = Instant::now();
+        let mut first = None;
+        while seqs.iter().any(|s| !s.is_finished()) {
+            let mut refs: Vec<&mut ArSequence> = seqs.iter_mut().collect();
+            autoregressive::step_batch(model, &mut cache, &mut refs)?;
+            first.get_or_insert_with(|| start.elapsed().as_secs_f64());
+        }
+        Ok((first.unwrap_or(0.0), start.elapsed().as_secs_f64()))
+    };
+    run(2.min(args.max_tokens)).context("warm-up run")?;
+    let mut runs = (0..args.repeat)
+        .map(|_| run(args.max_tokens))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    runs.sort_by(|a, b| a.1.total_cmp(&b.1));
+    let (first, total) = runs[runs.len() / 2];
+    let tokens = (args.batch * args.max_tokens) as f64;
+    let decode_tokens = (args.batch * (args.max_tokens - 1)) as f64;
+    let report = serde_json::json!({
+        "impl": "dfastllm",
+        "arch": loaded.architecture.name(),
+        "device": device::describe(&device),
+        "dtype": format!("{:?}", loaded.dtype).to_lowercase(),
+        "batch": args.batch,
+        "prompt_len": args.prompt_len,
+        "max_tokens": args.max_tokens,
+        "repeat": args.repeat,
+        "first_token_ms": first * 1000.0,
+        "total_s": total,
+        "tokens_per_s": tokens / total,
+        "decode_tokens_per_s": if total > first { decode_tokens / (total - first) } else { 0.0 },
+    });
+    println!("{report}");
+    Ok(())
+}
+
 fn run_bench_forward(args: BenchForwardArgs) -> anyhow::Result<()> {
     if args.batch == 0 || args.seq_len == 0 || args.iters == 0 {
         bail!("--batch, --seq-len and --iters must be at least 1");
@@ -679,6 +1125,27 @@ fn init_logging(format: LogFormat) {
     }
 }
 
+/// [`load_and_schedule`] that also reports the end of loading on `loaded`.
+fn load_and_schedule_then(
+    cfg: &RuntimeConfig,
+    device: DeviceChoice,
+    dtype: DTypeChoice,
+    state: &AppState,
+    scheduler: Scheduler,
+    loaded: tokio::sync::oneshot::Sender<Result<(), String>>,
+) -> anyhow::Result<()> {
+    let mut loaded = Some(loaded);
+    let result = load_and_schedule_with(cfg, device, dtype, state, scheduler, &mut || {
+        if let Some(tx) = loaded.take() {
+            let _ = tx.send(Ok(()));
+        }
+    });
+    if let (Err(e), Some(tx)) = (&result, loaded.take()) {
+        let _ = tx.send(Err(format!("{e:#}")));
+    }
+    result
+}
+
 /// Loads the model, runs one warm-up generation, marks the server ready, then runs
 /// the scheduler on this thread for the life of the process.
 fn load_and_schedule(
@@ -688,9 +1155,29 @@ fn load_and_schedule(
     state: &AppState,
     scheduler: Scheduler,
 ) -> anyhow::Result<()> {
+    load_and_schedule_with(cfg, device, dtype, state, scheduler, &mut || {})
+}
+
+fn load_and_schedule_with(
+    cfg: &RuntimeConfig,
+    device: DeviceChoice,
+    dtype: DTypeChoice,
+    state: &AppState,
+    scheduler: Scheduler,
+    on_ready: &mut dyn FnMut(),
+) -> anyhow::Result<()> {
     let started = Instant::now();
     let device = device::select(device)?;
     let generator = Generator::load(&cfg.model_path, &device, dtype)?;
+    if let Some(expected) = cfg.architecture {
+        let found = generator.model.architecture;
+        if found != expected {
+            bail!(
+                "model.architecture: the deployment expects {expected} but {}/config.json is {found}",
+                cfg.model_path.display()
+            );
+        }
+    }
     let warmup = Prompt::Text("warm up".into());
     let params = DiffusionParams::with_defaults(8);
     generator
@@ -713,6 +1200,7 @@ fn load_and_schedule(
         architecture: model.architecture,
         device: device.clone(),
     });
+    on_ready();
     scheduler.run(&model);
     Ok(())
 }
@@ -834,6 +1322,9 @@ fn main() -> ExitCode {
         Command::Eval(args) => run_eval(args),
         Command::DemoModel(args) => run_demo_model(args),
         Command::Bench(BenchCommand::Forward(args)) => run_bench_forward(args),
+        Command::Bench(BenchCommand::Generate(args)) => run_bench_generate(args),
+        Command::Bench(BenchCommand::Serve(args)) => run_bench_serve(*args),
+        Command::Batch(args) => run_batch(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

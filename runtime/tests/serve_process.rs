@@ -1,92 +1,16 @@
 //! `dfastllm serve` as a process: startup errors, readiness, and SIGTERM draining
 //! in-flight requests before a clean exit.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+mod common;
+
+use std::process::Command;
+use std::time::Duration;
+
+use common::{eventually, get_status, spawn_server as spawn};
 
 use dfastllm::demo::{write_demo_model, DemoSpec};
 use dfastllm::models::Architecture;
 use serde_json::{json, Value};
-
-struct Server {
-    child: Child,
-    base: String,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn spawn(model: &std::path::Path, extra: &[&str]) -> Server {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_dfastllm"))
-        .args([
-            "serve",
-            "--model",
-            model.to_str().unwrap(),
-            "--host",
-            "127.0.0.1",
-            "--port",
-            "0",
-        ])
-        .args(extra)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let mut lines = BufReader::new(stdout).lines();
-    let addr = loop {
-        let line = lines.next().expect("the server logs its address").unwrap();
-        let Ok(v) = serde_json::from_str::<Value>(&line) else {
-            continue;
-        };
-        if v["message"] == "listening" {
-            break v["addr"].as_str().unwrap().to_string();
-        }
-    };
-    // Keep draining the log so the server never blocks on a full pipe.
-    std::thread::spawn(move || for _ in lines {});
-    Server {
-        child,
-        base: format!("http://{addr}"),
-    }
-}
-
-fn eventually<T: std::fmt::Debug>(
-    limit: Duration,
-    mut probe: impl FnMut() -> T,
-    check: impl Fn(&T) -> bool,
-) -> T {
-    let until = Instant::now() + limit;
-    loop {
-        let seen = probe();
-        if check(&seen) {
-            return seen;
-        }
-        assert!(
-            Instant::now() < until,
-            "condition not met within {limit:?}; last saw {seen:?}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-fn get_status(url: &str) -> u16 {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
-        reqwest::get(url)
-            .await
-            .map(|r| r.status().as_u16())
-            .unwrap_or(0)
-    })
-}
 
 fn metric(base: &str, name: &str) -> f64 {
     let rt = tokio::runtime::Builder::new_current_thread()

@@ -38,6 +38,7 @@ struct Stack {
 fn config(dir: &std::path::Path) -> RuntimeConfig {
     RuntimeConfig {
         model_path: dir.to_path_buf(),
+        architecture: None,
         served_name: "demo".into(),
         aliases: vec!["gpt-3.5-turbo".into()],
         device: "cpu".into(),

@@ -36,6 +36,7 @@ struct ModelSection {
     aliases: Vec<String>,
     device: String,
     dtype: String,
+    architecture: &'static str,
 }
 
 #[derive(Serialize)]
@@ -95,6 +96,7 @@ pub fn runtime_toml(dm: &DiffusionModel) -> String {
             aliases: spec.model.aliases.clone(),
             device: if cpu { "cpu" } else { "cuda:0" }.into(),
             dtype: if cpu { "auto" } else { profile.dtype }.into(),
+            architecture: spec.model.architecture.name(),
         },
         server: ServerSection {
             port: HTTP_PORT,

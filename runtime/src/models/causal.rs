@@ -15,6 +15,32 @@ use candle_nn::{Embedding, LayerNorm, Linear, RmsNorm};
 
 use super::layers::RotaryTable;
 
+/// Rows up to which a CPU linear layer runs as `(W x^T)^T`.
+const FEW_ROWS: usize = 16;
+
+/// `x W^T + b`. With few rows (decoding) on the CPU, candle's `x @ W^T` is 2.4x slower
+/// than `(W @ x^T)^T` for 8 rows of TinyLlama's MLP (7.5 ms against 3.1 ms measured),
+/// as the weight, not the activations, then streams through the kernel once.
+pub fn linear(layer: &Linear, x: &Tensor) -> Result<Tensor> {
+    let dims = x.dims();
+    let k = dims.last().copied().unwrap_or(0);
+    let rows = x.elem_count() / k.max(1);
+    if rows > FEW_ROWS || !x.device().is_cpu() {
+        return layer.forward(x);
+    }
+    let w = layer.weight();
+    let y = w.matmul(&x.reshape((rows, k))?.t()?)?.t()?;
+    let y = match layer.bias() {
+        Some(b) => y.broadcast_add(b)?,
+        None => y.contiguous()?,
+    };
+    let mut shape = dims.to_vec();
+    if let Some(last) = shape.last_mut() {
+        *last = w.dim(0)?;
+    }
+    y.reshape(shape)
+}
+
 /// Pre-attention and final normalisation.
 #[derive(Debug, Clone)]
 pub enum Norm {
@@ -267,7 +293,7 @@ impl CausalModel {
         } else {
             x.narrow(1, width - 1, 1)?
         };
-        let logits = self.lm_head.forward(&self.norm.forward(&x)?)?;
+        let logits = linear(&self.lm_head, &self.norm.forward(&x)?)?;
         if every_position {
             Ok(logits)
         } else {
@@ -316,7 +342,7 @@ impl SelfAttention {
         let (n, t, _) = x.dims3()?;
         let d = self.head_dim;
         let heads = |proj: &Linear, count: usize| -> Result<Tensor> {
-            proj.forward(x)?
+            linear(proj, x)?
                 .reshape((n, t, count, d))?
                 .transpose(1, 2)?
                 .contiguous()
@@ -365,7 +391,7 @@ impl SelfAttention {
             .reshape((n, self.n_heads, t, d))?
             .transpose(1, 2)?
             .reshape((n, t, self.n_heads * d))?;
-        self.o.forward(&out)
+        linear(&self.o, &out)
     }
 }
 

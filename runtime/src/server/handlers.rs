@@ -353,9 +353,7 @@ fn completion_logprobs_json(tokenizer: &TextTokenizer, lps: &[TokenLogprob]) -> 
 
 /// OpenAI's chat form: one entry per token with its bytes and alternatives.
 fn chat_logprobs_json(tokenizer: &TextTokenizer, lps: &[TokenLogprob]) -> Value {
-    let entry = |id: u32, logprob: f32| {
-        json!({"token": token_text(tokenizer, id), "logprob": logprob, "bytes": tokenizer.token_bytes(id)})
-    };
+    let entry = |id: u32, logprob: f32| json!({"token": token_text(tokenizer, id), "logprob": logprob, "bytes": tokenizer.token_bytes(id)});
     let content: Vec<Value> = lps
         .iter()
         .map(|lp| {

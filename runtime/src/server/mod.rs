@@ -20,6 +20,7 @@ use axum::http::{HeaderValue, StatusCode};
 use axum::middleware::{from_fn_with_state, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use axum::serve::ListenerExt;
 use axum::Router;
 use bytes::Bytes;
 use serde::de::DeserializeOwned;
@@ -306,6 +307,11 @@ pub async fn serve(
         let _ = stop_tx.send(());
     };
     let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
+    // Without TCP_NODELAY a streamed chunk written right after another waits for the
+    // client's delayed ACK (Nagle): 40 ms added to every request measured on loopback.
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     let server = axum::serve(listener, app).with_graceful_shutdown(drained);
     // After the drain, idle keep-alive connections close at once; give open streams one
     // more second rather than waiting on a client that never reads.
