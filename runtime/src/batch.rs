@@ -156,6 +156,9 @@ fn output_line(custom_id: &str, result: Result<(u16, Value), String>) -> Value {
 pub struct BatchConfig {
     /// Base URL of an OpenAI-compatible server.
     pub url: String,
+    /// Replaces every body's `model` (in-process runs serve exactly one model, whatever
+    /// name the file was written for).
+    pub model: Option<String>,
     pub api_key: Option<String>,
     pub concurrency: usize,
     pub timeout: Duration,
@@ -182,6 +185,9 @@ async fn send(
 ) -> Result<(u16, Value), String> {
     // Streaming makes no sense for an output file: always ask for the whole answer.
     body["stream"] = json!(false);
+    if let Some(model) = &cfg.model {
+        body["model"] = json!(model);
+    }
     let mut req = client
         .post(format!("{}{url}", cfg.url))
         .json(&body)

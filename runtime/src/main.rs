@@ -857,18 +857,21 @@ fn run_bench_serve(args: BenchServeArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A loopback server on `model_dir`, for `dfastllm batch --model`; returns its base URL
-/// and a sender that shuts it down.
+/// A loopback server on `model_dir`, for `dfastllm batch --model`.
+struct InProcess {
+    url: String,
+    /// Sending (or dropping) it shuts the server down.
+    stop: tokio::sync::oneshot::Sender<()>,
+    server: tokio::task::JoinHandle<()>,
+    served_name: String,
+}
+
 async fn serve_in_process(
     model_dir: &std::path::Path,
     device: &str,
     dtype: &str,
     concurrency: usize,
-) -> anyhow::Result<(
-    String,
-    tokio::sync::oneshot::Sender<()>,
-    tokio::task::JoinHandle<()>,
-)> {
+) -> anyhow::Result<InProcess> {
     let overrides = Overrides {
         model_path: Some(model_dir.to_path_buf()),
         host: Some("127.0.0.1".into()),
@@ -902,6 +905,7 @@ async fn serve_in_process(
         },
         metrics.clone(),
     );
+    let served_name = cfg.served_name.clone();
     let state = AppState::new(cfg.clone(), handle, metrics);
     let (loaded_tx, loaded_rx) = tokio::sync::oneshot::channel::<Result<(), String>>();
     let engine_state = state.clone();
@@ -923,7 +927,12 @@ async fn serve_in_process(
         .await;
     });
     match loaded_rx.await {
-        Ok(Ok(())) => Ok((format!("http://{addr}"), stop_tx, server)),
+        Ok(Ok(())) => Ok(InProcess {
+            url: format!("http://{addr}"),
+            stop: stop_tx,
+            server,
+            served_name,
+        }),
         Ok(Err(message)) => bail!("--model: {message}"),
         Err(_) => bail!("--model: the engine stopped while loading"),
     }
@@ -942,17 +951,17 @@ fn run_batch(args: BatchArgs) -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     let summary = runtime.block_on(async {
-        let (url, stop) = match (&args.model, &args.url) {
+        let (url, stop, model) = match (&args.model, &args.url) {
             (Some(dir), _) => {
-                let (url, stop, server) =
-                    serve_in_process(dir, &args.device, &args.dtype, args.concurrency).await?;
-                (url, Some((stop, server)))
+                let p = serve_in_process(dir, &args.device, &args.dtype, args.concurrency).await?;
+                (p.url, Some((p.stop, p.server)), Some(p.served_name))
             }
-            (None, Some(url)) => (url.trim_end_matches('/').to_string(), None),
+            (None, Some(url)) => (url.trim_end_matches('/').to_string(), None, None),
             (None, None) => bail!("one of --model or --url is required"),
         };
         let cfg = BatchConfig {
             url,
+            model,
             api_key: args.api_key.clone(),
             concurrency: args.concurrency,
             timeout: std::time::Duration::from_secs(args.timeout_seconds),

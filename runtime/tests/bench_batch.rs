@@ -187,7 +187,7 @@ fn batch_resumes_after_a_kill_without_losing_or_repeating_lines() {
         .map(|i| {
             serde_json::json!({
                 "custom_id": format!("req-{i}"), "method": "POST", "url": "/v1/completions",
-                "body": {"model": "llama", "prompt": format!("item {i}"), "max_tokens": 24, "ignore_eos": true},
+                "body": {"model": "gpt-4o-mini", "prompt": format!("item {i}"), "max_tokens": 24, "ignore_eos": true},
             })
             .to_string()
         })

@@ -4,7 +4,9 @@
 use std::path::Path;
 
 use candle_core::Result;
-use candle_nn::{embedding, linear, linear_no_bias, rms_norm, Linear, VarBuilder};
+use candle_nn::{
+    embedding, linear, linear_no_bias, rms_norm, Embedding, Linear, RmsNorm, VarBuilder,
+};
 use serde_json::Value;
 
 use super::causal::{self, Activation, CausalModel, Mlp, Norm, PositionEncoding, SelfAttention};
@@ -116,13 +118,38 @@ pub(crate) fn check_rope_type(v: &Value, path: &Path) -> std::result::Result<(),
     Ok(())
 }
 
-/// The trunk and LM head under HF names; `qkv_bias` for Qwen2-style checkpoints.
-pub fn build(cfg: &Config, vb: VarBuilder, qkv_bias: bool) -> Result<(Trunk, Linear)> {
+/// One layer's weights under HF names, before they become a bidirectional [`Block`] or
+/// a causal [`causal::Layer`].
+struct LayerWeights {
+    attn_norm: RmsNorm,
+    q: Linear,
+    k: Linear,
+    v: Linear,
+    o: Linear,
+    mlp_norm: RmsNorm,
+    gate: Linear,
+    up: Linear,
+    down: Linear,
+}
+
+/// Every weight of a LLaMA/Qwen2-layout checkpoint, and the rotary table.
+struct Weights {
+    embed: Embedding,
+    layers: Vec<LayerWeights>,
+    norm: RmsNorm,
+    lm_head: Linear,
+    rotary: RotaryTable,
+    head_dim: usize,
+}
+
+/// Loads the weights; `qkv_bias` for Qwen2-style q/k/v biases, `o_bias` for Llama's
+/// `attention_bias` (which puts biases on all four projections).
+fn load_weights(cfg: &Config, vb: VarBuilder, qkv_bias: bool, o_bias: bool) -> Result<Weights> {
     let head_dim = cfg.hidden_size / cfg.num_attention_heads;
     let kv_dim = cfg.num_key_value_heads * head_dim;
-    let h = cfg.hidden_size;
-    let proj = |inp: usize, out: usize, vb: VarBuilder| {
-        if qkv_bias {
+    let (h, inter, eps) = (cfg.hidden_size, cfg.intermediate_size, cfg.rms_norm_eps);
+    let proj = |bias: bool, inp: usize, out: usize, vb: VarBuilder| {
+        if bias {
             linear(inp, out, vb)
         } else {
             linear_no_bias(inp, out, vb)
@@ -130,32 +157,25 @@ pub fn build(cfg: &Config, vb: VarBuilder, qkv_bias: bool) -> Result<(Trunk, Lin
     };
     let m = vb.pp("model");
     let embed = embedding(cfg.vocab_size, h, m.pp("embed_tokens"))?;
-    let blocks = (0..cfg.num_hidden_layers)
+    let layers = (0..cfg.num_hidden_layers)
         .map(|i| {
             let l = m.pp("layers").pp(i);
             let a = l.pp("self_attn");
             let f = l.pp("mlp");
-            Ok(Block {
-                attn_norm: rms_norm(h, cfg.rms_norm_eps, l.pp("input_layernorm"))?,
-                attn: Attention {
-                    q: proj(h, h, a.pp("q_proj"))?,
-                    k: proj(h, kv_dim, a.pp("k_proj"))?,
-                    v: proj(h, kv_dim, a.pp("v_proj"))?,
-                    o: linear_no_bias(h, h, a.pp("o_proj"))?,
-                    n_heads: cfg.num_attention_heads,
-                    n_kv_heads: cfg.num_key_value_heads,
-                    head_dim,
-                },
-                mlp_norm: rms_norm(h, cfg.rms_norm_eps, l.pp("post_attention_layernorm"))?,
-                mlp: SwiGlu {
-                    gate: linear_no_bias(h, cfg.intermediate_size, f.pp("gate_proj"))?,
-                    up: linear_no_bias(h, cfg.intermediate_size, f.pp("up_proj"))?,
-                    down: linear_no_bias(cfg.intermediate_size, h, f.pp("down_proj"))?,
-                },
+            Ok(LayerWeights {
+                attn_norm: rms_norm(h, eps, l.pp("input_layernorm"))?,
+                q: proj(qkv_bias, h, h, a.pp("q_proj"))?,
+                k: proj(qkv_bias, h, kv_dim, a.pp("k_proj"))?,
+                v: proj(qkv_bias, h, kv_dim, a.pp("v_proj"))?,
+                o: proj(o_bias, h, h, a.pp("o_proj"))?,
+                mlp_norm: rms_norm(h, eps, l.pp("post_attention_layernorm"))?,
+                gate: linear_no_bias(h, inter, f.pp("gate_proj"))?,
+                up: linear_no_bias(h, inter, f.pp("up_proj"))?,
+                down: linear_no_bias(inter, h, f.pp("down_proj"))?,
             })
         })
         .collect::<Result<Vec<_>>>()?;
-    let norm = rms_norm(h, cfg.rms_norm_eps, m.pp("norm"))?;
+    let norm = rms_norm(h, eps, m.pp("norm"))?;
     let lm_head = if cfg.tie_word_embeddings {
         Linear::new(embed.embeddings().clone(), None)
     } else {
@@ -168,88 +188,87 @@ pub fn build(cfg: &Config, vb: VarBuilder, qkv_bias: bool) -> Result<(Trunk, Lin
         vb.dtype(),
         vb.device(),
     )?;
-    Ok((
-        Trunk {
-            embed,
-            blocks,
-            norm,
-            rotary,
-        },
+    Ok(Weights {
+        embed,
+        layers,
+        norm,
         lm_head,
-    ))
+        rotary,
+        head_dim,
+    })
+}
+
+/// The bidirectional trunk and LM head (Dream); `qkv_bias` for Qwen2-style checkpoints.
+pub fn build(cfg: &Config, vb: VarBuilder, qkv_bias: bool) -> Result<(Trunk, Linear)> {
+    let w = load_weights(cfg, vb, qkv_bias, false)?;
+    let blocks = w
+        .layers
+        .into_iter()
+        .map(|l| Block {
+            attn_norm: l.attn_norm,
+            attn: Attention {
+                q: l.q,
+                k: l.k,
+                v: l.v,
+                o: l.o,
+                n_heads: cfg.num_attention_heads,
+                n_kv_heads: cfg.num_key_value_heads,
+                head_dim: w.head_dim,
+            },
+            mlp_norm: l.mlp_norm,
+            mlp: SwiGlu {
+                gate: l.gate,
+                up: l.up,
+                down: l.down,
+            },
+        })
+        .collect();
+    let trunk = Trunk {
+        embed: w.embed,
+        blocks,
+        norm: w.norm,
+        rotary: w.rotary,
+    };
+    Ok((trunk, w.lm_head))
 }
 
 /// A causal LLaMA-family model (Llama, Qwen2) under HF names; `qkv_bias` for Qwen2.
 pub fn build_causal(cfg: &Config, vb: VarBuilder, qkv_bias: bool) -> Result<CausalModel> {
-    let head_dim = cfg.hidden_size / cfg.num_attention_heads;
-    let kv_dim = cfg.num_key_value_heads * head_dim;
-    let h = cfg.hidden_size;
-    let with_bias = |bias: bool| {
-        move |inp: usize, out: usize, vb: VarBuilder| {
-            if bias {
-                linear(inp, out, vb)
-            } else {
-                linear_no_bias(inp, out, vb)
-            }
-        }
-    };
-    let qkv = with_bias(qkv_bias || cfg.attention_bias);
-    let o_proj = with_bias(cfg.attention_bias);
-    let m = vb.pp("model");
-    let embed = embedding(cfg.vocab_size, h, m.pp("embed_tokens"))?;
-    let layers = (0..cfg.num_hidden_layers)
-        .map(|i| {
-            let l = m.pp("layers").pp(i);
-            let a = l.pp("self_attn");
-            let f = l.pp("mlp");
-            Ok(causal::Layer {
-                attn_norm: Norm::Rms(rms_norm(h, cfg.rms_norm_eps, l.pp("input_layernorm"))?),
-                attn: SelfAttention {
-                    q: qkv(h, h, a.pp("q_proj"))?,
-                    k: qkv(h, kv_dim, a.pp("k_proj"))?,
-                    v: qkv(h, kv_dim, a.pp("v_proj"))?,
-                    o: o_proj(h, h, a.pp("o_proj"))?,
-                    n_heads: cfg.num_attention_heads,
-                    n_kv_heads: cfg.num_key_value_heads,
-                    head_dim,
-                    scale: 1.0 / (head_dim as f64).sqrt(),
-                },
-                mlp_norm: Some(Norm::Rms(rms_norm(
-                    h,
-                    cfg.rms_norm_eps,
-                    l.pp("post_attention_layernorm"),
-                )?)),
-                mlp: Mlp::Gated {
-                    gate: linear_no_bias(h, cfg.intermediate_size, f.pp("gate_proj"))?,
-                    up: linear_no_bias(h, cfg.intermediate_size, f.pp("up_proj"))?,
-                    down: linear_no_bias(cfg.intermediate_size, h, f.pp("down_proj"))?,
-                    act: cfg.hidden_act,
-                },
-            })
+    let w = load_weights(cfg, vb, qkv_bias || cfg.attention_bias, cfg.attention_bias)?;
+    let head_dim = w.head_dim;
+    let layers = w
+        .layers
+        .into_iter()
+        .map(|l| causal::Layer {
+            attn_norm: Norm::Rms(l.attn_norm),
+            attn: SelfAttention {
+                q: l.q,
+                k: l.k,
+                v: l.v,
+                o: l.o,
+                n_heads: cfg.num_attention_heads,
+                n_kv_heads: cfg.num_key_value_heads,
+                head_dim,
+                scale: 1.0 / (head_dim as f64).sqrt(),
+            },
+            mlp_norm: Some(Norm::Rms(l.mlp_norm)),
+            mlp: Mlp::Gated {
+                gate: l.gate,
+                up: l.up,
+                down: l.down,
+                act: cfg.hidden_act,
+            },
         })
-        .collect::<Result<Vec<_>>>()?;
-    let norm = Norm::Rms(rms_norm(h, cfg.rms_norm_eps, m.pp("norm"))?);
-    let lm_head = if cfg.tie_word_embeddings {
-        Linear::new(embed.embeddings().clone(), None)
-    } else {
-        linear_no_bias(h, cfg.vocab_size, vb.pp("lm_head"))?
-    };
-    let table = RotaryTable::new(
-        head_dim,
-        cfg.max_position_embeddings,
-        cfg.rope_theta,
-        vb.dtype(),
-        vb.device(),
-    )?;
+        .collect();
     Ok(CausalModel {
-        embed,
+        embed: w.embed,
         positions: PositionEncoding::Rotary {
-            table,
+            table: w.rotary,
             dims: head_dim,
         },
         layers,
-        norm,
-        lm_head,
+        norm: Norm::Rms(w.norm),
+        lm_head: w.lm_head,
         max_context: cfg.max_position_embeddings,
     })
 }

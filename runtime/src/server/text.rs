@@ -8,7 +8,16 @@ use crate::tokenizer::{TextTokenizer, TokenizerError};
 pub struct TextAssembler<'a> {
     tokenizer: &'a TextTokenizer,
     stops: &'a [String],
-    sent: String,
+    /// Text of the tokens decoded so far (whole characters only), emitted or not.
+    decoded: String,
+    /// Bytes of `decoded` already emitted.
+    sent: usize,
+    /// Tokens before `prefix_offset` are final text; `prefix_offset..read_offset` are
+    /// decoded again with each new token, as a tokenizer may render a token differently
+    /// once it sees its left neighbour (a SentencePiece leading space, the later bytes
+    /// of a character).
+    prefix_offset: usize,
+    read_offset: usize,
     stopped: bool,
 }
 
@@ -17,7 +26,10 @@ impl<'a> TextAssembler<'a> {
         Self {
             tokenizer,
             stops,
-            sent: String::new(),
+            decoded: String::new(),
+            sent: 0,
+            prefix_offset: 0,
+            read_offset: 0,
             stopped: false,
         }
     }
@@ -29,48 +41,89 @@ impl<'a> TextAssembler<'a> {
 
     /// All text emitted so far.
     pub fn text(&self) -> &str {
-        &self.sent
+        &self.decoded[..self.sent]
     }
 
-    /// Takes the settled answer so far and returns the new text that is safe to emit.
-    /// `last` flushes whatever was held back.
+    /// Decodes the tokens of `settled` not seen yet: the window from `prefix_offset` is
+    /// decoded with and without them, and the difference is new text once it ends on a
+    /// whole character (or at once when `last`). Each token is decoded a bounded number
+    /// of times, so an answer costs linear, not quadratic, decoding.
+    fn decode_new(&mut self, settled: &[u32], last: bool) -> Result<(), TokenizerError> {
+        if settled.len() <= self.read_offset {
+            return Ok(());
+        }
+        let window = &settled[self.prefix_offset..];
+        let before = self
+            .tokenizer
+            .decode(&settled[self.prefix_offset..self.read_offset])?;
+        let after = self.tokenizer.decode(window)?;
+        if !after.starts_with(&before) {
+            // The tokenizer rewrote text it had already produced: start over from the
+            // whole answer (rare; correct, just slower).
+            let full = self.tokenizer.decode(settled)?;
+            // Never contradict what a client already has.
+            let consistent = full.starts_with(&self.decoded[..self.sent]);
+            if consistent && (last || !full.ends_with('\u{FFFD}')) {
+                self.decoded = full;
+                self.prefix_offset = settled.len();
+                self.read_offset = settled.len();
+            }
+            return Ok(());
+        }
+        if after.len() > before.len() && (last || !after.ends_with('\u{FFFD}')) {
+            self.decoded.push_str(&after[before.len()..]);
+            self.prefix_offset = self.read_offset;
+            self.read_offset = settled.len();
+        } else if last {
+            self.prefix_offset = settled.len();
+            self.read_offset = settled.len();
+        }
+        Ok(())
+    }
+
+    /// Takes the settled answer so far (it only ever grows) and returns the new text
+    /// that is safe to emit. `last` flushes whatever was held back.
     pub fn push(&mut self, settled: &[u32], last: bool) -> Result<String, TokenizerError> {
         if self.stopped {
             return Ok(String::new());
         }
-        let full = self.tokenizer.decode(settled)?;
-        let (text, hit) = match self.first_stop(&full) {
-            Some(at) => (&full[..at], true),
-            None => (full.as_str(), false),
+        self.decode_new(settled, last)?;
+        // A stop string can start at most its length minus one before the unsent text.
+        let longest = self.stops.iter().map(String::len).max().unwrap_or(0);
+        let mut from = self.sent.saturating_sub(longest);
+        while !self.decoded.is_char_boundary(from) {
+            from -= 1;
+        }
+        let hit = self
+            .stops
+            .iter()
+            .filter_map(|s| self.decoded[from..].find(s.as_str()).map(|at| from + at))
+            .min();
+        let end = match hit {
+            Some(at) => {
+                self.stopped = true;
+                at
+            }
+            None if last => self.decoded.len(),
+            None => self.safe_end(),
         };
-        self.stopped = hit;
-        let end = if hit || last {
-            text.len()
-        } else {
-            self.safe_end(text)
-        };
-        let ready = &text[..end];
-        // Byte-level decoding only ever appends; if a decoder rewrote earlier text, wait
-        // for the end rather than emit something inconsistent.
-        if !ready.starts_with(self.sent.as_str()) || ready.len() < self.sent.len() {
+        if end <= self.sent {
+            if self.stopped {
+                self.decoded.truncate(self.sent);
+            }
             return Ok(String::new());
         }
-        let delta = ready[self.sent.len()..].to_string();
-        self.sent.push_str(&delta);
+        let delta = self.decoded[self.sent..end].to_string();
+        self.sent = end;
+        if self.stopped {
+            self.decoded.truncate(end);
+        }
         Ok(delta)
     }
 
-    fn first_stop(&self, text: &str) -> Option<usize> {
-        self.stops
-            .iter()
-            .filter_map(|s| text.find(s.as_str()))
-            .min()
-    }
-
-    /// Holds back an incomplete UTF-8 character (decoded as U+FFFD) and any suffix that
-    /// could be the start of a stop string.
-    fn safe_end(&self, text: &str) -> usize {
-        let mut end = text.trim_end_matches('\u{FFFD}').len();
+    /// Holds back any suffix that could be the start of a stop string.
+    fn safe_end(&self) -> usize {
+        let text = self.decoded.as_str();
         let held = self
             .stops
             .iter()
@@ -78,13 +131,12 @@ impl<'a> TextAssembler<'a> {
                 stop.char_indices()
                     .skip(1)
                     .map(move |(i, _)| &stop[..i])
-                    .filter(|prefix| text[..end].ends_with(prefix))
+                    .filter(|prefix| text.ends_with(prefix))
                     .map(str::len)
             })
             .max()
             .unwrap_or(0);
-        end -= held;
-        end
+        text.len() - held
     }
 }
 
@@ -138,6 +190,26 @@ mod tests {
         let (_, text, stopped) = stream(&tok, &stops, "an ENtry");
         assert_eq!(text, "an ENtry");
         assert!(!stopped);
+    }
+
+    #[test]
+    fn streaming_one_token_at_a_time_equals_one_push() {
+        let (_d, tok) = tokenizer();
+        let text = "Grüße aus Köln: 世界🎉 and an END somewhere ".repeat(5);
+        for stops in [
+            vec![],
+            vec!["Köln: 世".to_string()],
+            vec!["🎉 and".to_string()],
+        ] {
+            let (deltas, streamed, stopped) = stream(&tok, &stops, &text);
+            let mut whole = TextAssembler::new(&tok, &stops);
+            let ids = tok.encode(&text).unwrap();
+            let at_once = whole.push(&ids, true).unwrap();
+            assert_eq!(streamed, at_once, "stops {stops:?}");
+            assert_eq!(deltas.concat(), streamed);
+            assert_eq!(stopped, whole.stopped());
+            assert!(deltas.iter().all(|d| !d.contains('\u{FFFD}')));
+        }
     }
 
     #[test]
