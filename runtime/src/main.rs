@@ -759,6 +759,18 @@ fn run_demo_model(args: DemoModelArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A base URL the built-in client can reach: http only (the build carries no TLS stack;
+/// in-cluster Services and port-forwards are plain HTTP), without a trailing slash.
+fn plain_http(flag: &str, url: &str) -> anyhow::Result<String> {
+    let url = url.trim_end_matches('/');
+    if !url.starts_with("http://") {
+        bail!(
+            "{flag}: {url:?} must start with http:// (https is not supported; use the in-cluster Service or kubectl port-forward)"
+        );
+    }
+    Ok(url.to_string())
+}
+
 /// A progress bar on stderr (drawn only when stderr is a terminal).
 fn progress_bar(len: usize, prefix: String) -> indicatif::ProgressBar {
     let bar = if len == 0 {
@@ -780,7 +792,7 @@ fn progress_bar(len: usize, prefix: String) -> indicatif::ProgressBar {
 
 fn run_bench_serve(args: BenchServeArgs) -> anyhow::Result<()> {
     use dfastllm::loadgen::{self, LoadConfig};
-    let url = args.url.trim_end_matches('/').to_string();
+    let url = plain_http("--url", &args.url)?;
     let prompts = match &args.dataset {
         Some(path) => loadgen::read_dataset(path, args.output_tokens)?,
         None => {
@@ -956,7 +968,7 @@ fn run_batch(args: BatchArgs) -> anyhow::Result<()> {
                 let p = serve_in_process(dir, &args.device, &args.dtype, args.concurrency).await?;
                 (p.url, Some((p.stop, p.server)), Some(p.served_name))
             }
-            (None, Some(url)) => (url.trim_end_matches('/').to_string(), None, None),
+            (None, Some(url)) => (plain_http("--url", url)?, None, None),
             (None, None) => bail!("one of --model or --url is required"),
         };
         let cfg = BatchConfig {

@@ -277,3 +277,54 @@ fn batch_resumes_after_a_kill_without_losing_or_repeating_lines() {
         (Some(202), Some(0))
     );
 }
+
+#[test]
+fn bad_flags_are_one_line_errors_naming_the_flag() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.jsonl");
+    std::fs::write(&input, "{\"custom_id\": \"a\"}\n{\"custom_id\": \"a\"}\n").unwrap();
+    let out = dir.path().join("out.jsonl");
+    for (args, needle) in [
+        (
+            vec!["bench", "serve", "--url", "https://example.invalid"],
+            "--url",
+        ),
+        (
+            vec!["bench", "serve", "--concurrency", "0", "--model", "m"],
+            "--concurrency",
+        ),
+        (
+            vec![
+                "batch",
+                "--url",
+                "http://127.0.0.1:9",
+                "--input",
+                input.to_str().unwrap(),
+                "--output",
+                out.to_str().unwrap(),
+            ],
+            "repeats custom_id",
+        ),
+        (
+            vec![
+                "batch",
+                "--url",
+                "http://127.0.0.1:9",
+                "--input",
+                input.to_str().unwrap(),
+                "--output",
+                out.to_str().unwrap(),
+                "--sla",
+                "soon",
+            ],
+            "--sla",
+        ),
+    ] {
+        let run = dfastllm(&args);
+        let stderr = String::from_utf8_lossy(&run.stderr);
+        assert!(!run.status.success(), "{args:?} succeeded");
+        assert!(stderr.contains(needle), "{args:?}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{stderr}");
+    }
+    assert!(!out.exists(), "nothing was written");
+}
