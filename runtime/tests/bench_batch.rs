@@ -284,6 +284,15 @@ fn bad_flags_are_one_line_errors_naming_the_flag() {
     let input = dir.path().join("in.jsonl");
     std::fs::write(&input, "{\"custom_id\": \"a\"}\n{\"custom_id\": \"a\"}\n").unwrap();
     let out = dir.path().join("out.jsonl");
+    let batch = vec![
+        "batch",
+        "--url",
+        "http://127.0.0.1:9",
+        "--input",
+        input.to_str().unwrap(),
+        "--output",
+        out.to_str().unwrap(),
+    ];
     for (args, needle) in [
         (
             vec!["bench", "serve", "--url", "https://example.invalid"],
@@ -293,32 +302,8 @@ fn bad_flags_are_one_line_errors_naming_the_flag() {
             vec!["bench", "serve", "--concurrency", "0", "--model", "m"],
             "--concurrency",
         ),
-        (
-            vec![
-                "batch",
-                "--url",
-                "http://127.0.0.1:9",
-                "--input",
-                input.to_str().unwrap(),
-                "--output",
-                out.to_str().unwrap(),
-            ],
-            "repeats custom_id",
-        ),
-        (
-            vec![
-                "batch",
-                "--url",
-                "http://127.0.0.1:9",
-                "--input",
-                input.to_str().unwrap(),
-                "--output",
-                out.to_str().unwrap(),
-                "--sla",
-                "soon",
-            ],
-            "--sla",
-        ),
+        (batch.clone(), "repeats custom_id"),
+        ([&batch[..], &["--sla", "soon"]].concat(), "--sla"),
     ] {
         let run = dfastllm(&args);
         let stderr = String::from_utf8_lossy(&run.stderr);
