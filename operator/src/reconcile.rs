@@ -148,13 +148,46 @@ pub async fn reconcile(dm: Arc<DiffusionModel>, ctx: Arc<Context>) -> Result<Act
 }
 
 async fn reconcile_inner(dm: &DiffusionModel, ctx: &Context) -> Result<Action> {
-    let name = dm.name_any();
     let ns = dm
         .namespace()
-        .ok_or_else(|| Error::NoNamespace(name.clone()))?;
-    let client = &ctx.client;
-    let dms: Api<DiffusionModel> = Api::namespaced(client.clone(), &ns);
-    let mut observed = Observed {
+        .ok_or_else(|| Error::NoNamespace(dm.name_any()))?;
+    let dms: Api<DiffusionModel> = Api::namespaced(ctx.client.clone(), &ns);
+    let source = match dm.spec.model.source() {
+        Ok(source) => source,
+        Err(problem) => {
+            // Nothing can be applied for a model we cannot locate; a spec edit retries.
+            write_status(&dms, dm, &invalid_spec(dm, problem)).await?;
+            return Ok(Action::await_change());
+        }
+    };
+
+    // Each step applies one child and returns its part of what the status reports. The
+    // claim and the config the pods mount come before the Deployment that mounts them.
+    let storage = apply_storage(ctx, &ns, dm, &source).await?;
+    let config_hash = apply_config_map(ctx, &ns, dm).await?;
+    let endpoint = apply_service(ctx, &ns, dm).await?;
+    let rollout = apply_deployment(ctx, &ns, dm, &source, &config_hash).await?;
+    let monitoring = apply_service_monitor(ctx, &ns, dm).await?;
+    apply_route(ctx, &ns, dm).await?;
+
+    let observed = Observed {
+        generation: dm.metadata.generation,
+        storage,
+        monitoring,
+        desired_replicas: dm.spec.replicas,
+        replicas: rollout.replicas,
+        ready_replicas: rollout.ready_replicas,
+        updated_replicas: rollout.updated_replicas,
+        endpoint,
+        invalid: None,
+    };
+    write_status(&dms, dm, &observed).await?;
+    Ok(Action::requeue(requeue_after(&observed)))
+}
+
+/// What a resource whose spec cannot be served shows: nothing applied, the problem named.
+fn invalid_spec(dm: &DiffusionModel, problem: String) -> Observed {
+    Observed {
         generation: dm.metadata.generation,
         storage: StorageState::Ready,
         monitoring: MonitoringState::Disabled,
@@ -163,52 +196,86 @@ async fn reconcile_inner(dm: &DiffusionModel, ctx: &Context) -> Result<Action> {
         ready_replicas: 0,
         updated_replicas: 0,
         endpoint: service::endpoint(dm),
-        invalid: None,
-    };
-    let source = match dm.spec.model.source() {
-        Ok(s) => s,
-        Err(problem) => {
-            observed.invalid = Some(problem);
-            write_status(&dms, dm, &observed).await?;
-            return Ok(Action::await_change());
-        }
-    };
-
-    // Storage: create the claim when asked to, otherwise check it exists.
-    match (&source, &dm.spec.storage) {
-        (ModelSource::Host { .. }, _) => observed.storage = StorageState::HostPath,
-        (ModelSource::Pvc { claim, .. }, Some(storage)) => {
-            let api: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), &ns);
-            apply(&api, &pvc::pvc(dm, claim, storage)).await?;
-        }
-        (ModelSource::Pvc { claim, .. }, None) => {
-            let api: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), &ns);
-            let found = api
-                .get_opt(claim)
-                .await
-                .map_err(kube_err(format!("reading PVC {claim}")))?;
-            if found.is_none() {
-                observed.storage = StorageState::Missing {
-                    claim: claim.clone(),
-                };
-            }
-        }
+        invalid: Some(problem),
     }
+}
 
-    let runtime_toml = configmap::runtime_toml(dm);
-    let hash = configmap::config_hash(&runtime_toml);
-    apply(
-        &Api::<ConfigMap>::namespaced(client.clone(), &ns),
-        &configmap::config_map(dm),
-    )
-    .await?;
-    apply(
-        &Api::<Service>::namespaced(client.clone(), &ns),
-        &service::service(dm),
-    )
-    .await?;
-    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
-    let existing = deployments
+/// Things no watch reports (a PVC appearing, a CRD being installed) are polled.
+fn requeue_after(observed: &Observed) -> Duration {
+    let waiting_on_cluster = matches!(observed.storage, StorageState::Missing { .. })
+        || observed.monitoring == MonitoringState::CrdMissing;
+    if waiting_on_cluster {
+        Duration::from_secs(15)
+    } else {
+        Duration::from_secs(300)
+    }
+}
+
+/// Storage: creates the claim when `spec.storage` asks for one, otherwise checks that
+/// the named claim exists (a missing claim is a condition, not an error).
+async fn apply_storage(
+    ctx: &Context,
+    ns: &str,
+    dm: &DiffusionModel,
+    source: &ModelSource,
+) -> Result<StorageState> {
+    let (claim, storage) = match source {
+        ModelSource::Host { .. } => return Ok(StorageState::HostPath),
+        ModelSource::Pvc { claim, .. } => (claim, &dm.spec.storage),
+    };
+    let api: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), ns);
+    if let Some(storage) = storage {
+        apply(&api, &pvc::pvc(dm, claim, storage)).await?;
+        return Ok(StorageState::Ready);
+    }
+    let found = api
+        .get_opt(claim)
+        .await
+        .map_err(kube_err(format!("reading PVC {claim}")))?;
+    Ok(match found {
+        Some(_) => StorageState::Ready,
+        None => StorageState::Missing {
+            claim: claim.clone(),
+        },
+    })
+}
+
+/// The ConfigMap holding `runtime.toml`; returns the hash the Deployment's pod template
+/// carries, so a changed file rolls the pods.
+async fn apply_config_map(ctx: &Context, ns: &str, dm: &DiffusionModel) -> Result<String> {
+    let hash = configmap::config_hash(&configmap::runtime_toml(dm));
+    let api: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), ns);
+    apply(&api, &configmap::config_map(dm)).await?;
+    Ok(hash)
+}
+
+/// The Service; returns the OpenAI base URL it serves, for the status.
+async fn apply_service(ctx: &Context, ns: &str, dm: &DiffusionModel) -> Result<String> {
+    let api: Api<Service> = Api::namespaced(ctx.client.clone(), ns);
+    apply(&api, &service::service(dm)).await?;
+    Ok(service::endpoint(dm))
+}
+
+/// The Deployment's replica counts, as the API server reported them after the apply.
+#[derive(Debug, Default)]
+struct Rollout {
+    replicas: i32,
+    ready_replicas: i32,
+    updated_replicas: i32,
+}
+
+/// The Deployment. Reads the current one first: its config hash tells a first
+/// creation and a config change (each an event) from a no-op apply.
+async fn apply_deployment(
+    ctx: &Context,
+    ns: &str,
+    dm: &DiffusionModel,
+    source: &ModelSource,
+    config_hash: &str,
+) -> Result<Rollout> {
+    let name = dm.name_any();
+    let api: Api<Deployment> = Api::namespaced(ctx.client.clone(), ns);
+    let existing = api
         .get_opt(&name)
         .await
         .map_err(kube_err(format!("reading Deployment {name}")))?;
@@ -219,8 +286,8 @@ async fn reconcile_inner(dm: &DiffusionModel, ctx: &Context) -> Result<Action> {
         .and_then(|m| m.annotations.as_ref())
         .and_then(|a| a.get(crate::resources::CONFIG_HASH_ANNOTATION).cloned());
     let applied = apply(
-        &deployments,
-        &deployment::deployment(dm, &ctx.config, &source, &hash),
+        &api,
+        &deployment::deployment(dm, &ctx.config, source, config_hash),
     )
     .await?;
     match previous_hash {
@@ -234,49 +301,56 @@ async fn reconcile_inner(dm: &DiffusionModel, ctx: &Context) -> Result<Action> {
             )
             .await
         }
-        Some(h) if h != hash => {
+        Some(h) if h != config_hash => {
             publish(
                 ctx,
                 dm,
                 EventType::Normal,
                 "ConfigChanged",
-                format!("runtime.toml changed ({h} -> {hash}): rolling the pods"),
+                format!("runtime.toml changed ({h} -> {config_hash}): rolling the pods"),
             )
             .await
         }
         _ => {}
     }
-    if let Some(st) = applied.status {
-        observed.replicas = st.replicas.unwrap_or(0);
-        observed.ready_replicas = st.ready_replicas.unwrap_or(0);
-        observed.updated_replicas = st.updated_replicas.unwrap_or(0);
-    }
+    Ok(applied
+        .status
+        .map(|st| Rollout {
+            replicas: st.replicas.unwrap_or(0),
+            ready_replicas: st.ready_replicas.unwrap_or(0),
+            updated_replicas: st.updated_replicas.unwrap_or(0),
+        })
+        .unwrap_or_default())
+}
 
-    if dm.spec.monitoring.service_monitor {
-        if api_served(client, "monitoring.coreos.com/v1", "servicemonitors").await {
-            let api: Api<DynamicObject> =
-                Api::namespaced_with(client.clone(), &ns, &servicemonitor::api_resource());
-            apply(&api, &servicemonitor::service_monitor(dm)).await?;
-            observed.monitoring = MonitoringState::Created;
-        } else {
-            observed.monitoring = MonitoringState::CrdMissing;
-        }
+/// The ServiceMonitor, when asked for and the Prometheus operator's CRD is served.
+async fn apply_service_monitor(
+    ctx: &Context,
+    ns: &str,
+    dm: &DiffusionModel,
+) -> Result<MonitoringState> {
+    if !dm.spec.monitoring.service_monitor {
+        return Ok(MonitoringState::Disabled);
     }
+    let client = &ctx.client;
+    if !api_served(client, "monitoring.coreos.com/v1", "servicemonitors").await {
+        return Ok(MonitoringState::CrdMissing);
+    }
+    let api: Api<DynamicObject> =
+        Api::namespaced_with(client.clone(), ns, &servicemonitor::api_resource());
+    apply(&api, &servicemonitor::service_monitor(dm)).await?;
+    Ok(MonitoringState::Created)
+}
+
+/// The OpenShift Route, when asked for and served; elsewhere the Service is the endpoint.
+async fn apply_route(ctx: &Context, ns: &str, dm: &DiffusionModel) -> Result<()> {
+    let client = &ctx.client;
     if dm.spec.route.enabled && api_served(client, "route.openshift.io/v1", "routes").await {
         let api: Api<DynamicObject> =
-            Api::namespaced_with(client.clone(), &ns, &route::api_resource());
+            Api::namespaced_with(client.clone(), ns, &route::api_resource());
         apply(&api, &route::route(dm)).await?;
     }
-
-    write_status(&dms, dm, &observed).await?;
-    // Things no watch reports (a PVC appearing, a CRD being installed) are polled.
-    let waiting_on_cluster = matches!(observed.storage, StorageState::Missing { .. })
-        || observed.monitoring == MonitoringState::CrdMissing;
-    Ok(Action::requeue(if waiting_on_cluster {
-        Duration::from_secs(15)
-    } else {
-        Duration::from_secs(300)
-    }))
+    Ok(())
 }
 
 /// Writes the status only when it changed.
@@ -365,13 +439,4 @@ pub async fn run(
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn backoff_doubles_from_5_seconds_to_5_minutes() {
-        let delays: Vec<u64> = (1..=9).map(|n| backoff(n).as_secs()).collect();
-        assert_eq!(delays, [5, 10, 20, 40, 80, 160, 300, 300, 300]);
-        assert_eq!(backoff(u32::MAX).as_secs(), 300);
-    }
-}
+mod tests;

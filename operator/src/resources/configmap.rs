@@ -168,7 +168,7 @@ pub fn config_map(dm: &DiffusionModel) -> ConfigMap {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::resources::fixtures;
+    use crate::fixtures;
 
     /// The contract: what this renders for the fixture resource is byte for byte the
     /// file the runtime's tests parse. Regenerate with

@@ -286,7 +286,7 @@ pub fn deployment(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::resources::fixtures;
+    use crate::fixtures;
 
     fn build(dm: &DiffusionModel) -> (PodSpec, Container) {
         let source = dm.spec.model.source().unwrap();

@@ -82,30 +82,3 @@ pub fn owned_meta(dm: &DiffusionModel, name: String) -> ObjectMeta {
         ..ObjectMeta::default()
     }
 }
-
-#[cfg(test)]
-pub(crate) mod fixtures {
-    use crate::crd::{DiffusionModel, DiffusionModelSpec};
-
-    /// A DiffusionModel as the API server would hand it over (uid set, defaults applied).
-    pub fn dm(name: &str, spec: serde_json::Value) -> DiffusionModel {
-        let spec: DiffusionModelSpec = serde_json::from_value(spec).expect("a valid spec");
-        let mut dm = DiffusionModel::new(name, spec);
-        dm.metadata.namespace = Some("ml".into());
-        dm.metadata.uid = Some("0000-1111".into());
-        dm.metadata.generation = Some(1);
-        dm
-    }
-
-    pub fn llada() -> DiffusionModel {
-        dm(
-            "llada-8b",
-            serde_json::json!({
-                "model": {"uri": "pvc://model-store/llada-8b-instruct", "aliases": ["gpt-3.5-turbo"]},
-                "gpu": {"count": 1, "product": "NVIDIA-L40S"},
-                "decoding": {"steps": 256, "genLength": 256, "blockLength": 32},
-                "server": {"rateLimit": {"requestsPerMinute": 600}},
-            }),
-        )
-    }
-}

@@ -50,7 +50,7 @@ pub fn pvc(dm: &DiffusionModel, claim: &str, storage: &StorageSpec) -> Persisten
 mod tests {
     use super::*;
     use crate::crd::AccessMode;
-    use crate::resources::fixtures;
+    use crate::fixtures;
 
     #[test]
     fn claim_is_sized_and_not_owned() {

@@ -31,7 +31,7 @@ pub fn route(dm: &DiffusionModel) -> DynamicObject {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::resources::fixtures;
+    use crate::fixtures;
 
     #[test]
     fn routes_to_the_service_with_edge_tls() {

@@ -37,7 +37,7 @@ pub fn endpoint(dm: &DiffusionModel) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::resources::fixtures;
+    use crate::fixtures;
 
     #[test]
     fn service_selects_the_pods_on_port_8000() {

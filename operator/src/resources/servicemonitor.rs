@@ -31,7 +31,7 @@ pub fn service_monitor(dm: &DiffusionModel) -> DynamicObject {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::resources::fixtures;
+    use crate::fixtures;
 
     #[test]
     fn scrapes_the_http_port() {
