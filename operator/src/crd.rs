@@ -344,12 +344,14 @@ pub struct MorSpec {
     pub confidence_threshold: String,
 }
 
+// MoR's defaults are the runtime's measured ones (runtime-defaults.toml): a resource
+// that does not set them decodes as `dfastllm serve` does (operator/tests/contracts.rs).
 fn default_min_recursions() -> i32 {
-    1
+    0
 }
 
 fn default_max_recursions() -> i32 {
-    4
+    2
 }
 
 fn default_mor_threshold() -> String {

@@ -50,38 +50,16 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- end }}
 
 {{/*
-What the operator needs on DiffusionModels and their children, shared by the
-ClusterRole (all namespaces) and the Role (watchNamespace). No wildcards, no secrets.
+The operator's rules on DiffusionModels and their children, for the ClusterRole (all
+namespaces) or the Role (watchNamespace). They live in files/rbac/rules.yaml, which the
+operator's tests keep rule for rule equal to config/rbac/role.yaml; `required` turns a
+chart packaged without the file into an error instead of a role without rules.
 */}}
 {{- define "dfastllm-operator.rules" -}}
-- apiGroups: ["dfastllm.io"]
-  resources: ["diffusionmodels"]
-  verbs: ["get", "list", "watch", "patch", "update"]
-- apiGroups: ["dfastllm.io"]
-  resources: ["diffusionmodels/status"]
-  verbs: ["get", "patch", "update"]
-- apiGroups: ["dfastllm.io"]
-  resources: ["diffusionmodels/finalizers"]
-  verbs: ["update"]
-- apiGroups: ["apps"]
-  resources: ["deployments"]
-  verbs: ["get", "list", "watch", "create", "patch", "update", "delete"]
-- apiGroups: [""]
-  resources: ["services", "configmaps", "persistentvolumeclaims"]
-  verbs: ["get", "list", "watch", "create", "patch", "update", "delete"]
-- apiGroups: [""]
-  resources: ["pods"]
-  verbs: ["get", "list", "watch"]
-- apiGroups: ["", "events.k8s.io"]
-  resources: ["events"]
-  verbs: ["create", "patch"]
-- apiGroups: ["monitoring.coreos.com"]
-  resources: ["servicemonitors"]
-  verbs: ["get", "list", "watch", "create", "patch", "update", "delete"]
-- apiGroups: ["route.openshift.io"]
-  resources: ["routes"]
-  verbs: ["get", "list", "watch", "create", "patch", "update", "delete"]
-- apiGroups: ["route.openshift.io"]
-  resources: ["routes/custom-host"]
-  verbs: ["create"]
+{{- required "files/rbac/rules.yaml is missing from the chart" (.Files.Get "files/rbac/rules.yaml") | trim }}
+{{- end }}
+
+{{/* Leader election's rules, kept equal to config/rbac/leader_election_role.yaml's. */}}
+{{- define "dfastllm-operator.leaderElectionRules" -}}
+{{- required "files/rbac/leader-election-rules.yaml is missing from the chart" (.Files.Get "files/rbac/leader-election-rules.yaml") | trim }}
 {{- end }}
