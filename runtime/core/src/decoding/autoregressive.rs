@@ -1,0 +1,486 @@
+//! Autoregressive decoding: one token per sequence per forward pass, sampled from the
+//! next-token distribution (greedy, temperature, top-k, top-p, seeded), ending at an
+//! end-of-sequence or stop token id, or at `max_tokens`. Stop strings are matched on
+//! the decoded text by the server (`server::text`), as they may straddle tokens.
+//!
+//! [`step_batch`] advances every running sequence by one token in at most two passes
+//! over the shared [`CausalCache`]: the newly admitted sequences' prompts (prefill),
+//! then one token for each of the others (decode).
+
+use candle_core::DType;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde::Serialize;
+
+use super::{Answer, DecodeError, FinishReason};
+use crate::models::causal::{CausalCache, CausalModel};
+use crate::models::SpecialTokens;
+
+/// The most alternatives `top_logprobs` may ask for (OpenAI's chat limit).
+pub const MAX_TOP_LOGPROBS: usize = 20;
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ArParams {
+    pub max_tokens: usize,
+    /// 0 is argmax; above 0, sampling from softmax(logits / temperature).
+    pub temperature: f32,
+    /// Nucleus sampling: the smallest set of tokens whose probability reaches `top_p`.
+    pub top_p: f32,
+    /// Sample among the `top_k` most likely tokens only; 0 is off.
+    pub top_k: usize,
+    pub seed: Option<u64>,
+    /// Ids that end the answer besides the model's EOS ids (not part of the answer).
+    pub stop_token_ids: Vec<u32>,
+    /// Keep going through EOS (benchmarks that need a fixed answer length).
+    pub ignore_eos: bool,
+    /// Report each token's log-probability and this many alternatives; `None` is off.
+    pub logprobs: Option<usize>,
+}
+
+impl ArParams {
+    pub fn greedy(max_tokens: usize) -> Self {
+        Self {
+            max_tokens,
+            temperature: 0.0,
+            top_p: 1.0,
+            top_k: 0,
+            seed: None,
+            stop_token_ids: Vec::new(),
+            ignore_eos: false,
+            logprobs: None,
+        }
+    }
+
+    /// Checks every field, naming the API field on failure.
+    pub fn validate(&self, prompt_len: usize, max_context: usize) -> Result<(), DecodeError> {
+        let invalid = |param: &'static str, message: String| {
+            Err(DecodeError::InvalidParam { param, message })
+        };
+        if prompt_len == 0 {
+            return invalid("prompt", "the prompt must not be empty".into());
+        }
+        if self.max_tokens == 0 {
+            return invalid("max_tokens", "max_tokens must be at least 1".into());
+        }
+        if prompt_len >= max_context {
+            return invalid(
+                "prompt",
+                format!(
+                    "the prompt has {prompt_len} tokens; the model's context is {max_context} tokens"
+                ),
+            );
+        }
+        if prompt_len + self.max_tokens > max_context {
+            return invalid(
+                "max_tokens",
+                format!(
+                    "prompt ({prompt_len} tokens) + max_tokens ({}) exceeds the model's context of {max_context} tokens",
+                    self.max_tokens
+                ),
+            );
+        }
+        if !self.temperature.is_finite() || self.temperature < 0.0 {
+            return invalid(
+                "temperature",
+                format!("temperature must be >= 0, got {}", self.temperature),
+            );
+        }
+        if !(self.top_p > 0.0 && self.top_p <= 1.0) {
+            return invalid(
+                "top_p",
+                format!("top_p must be in (0, 1], got {}", self.top_p),
+            );
+        }
+        if let Some(k) = self.logprobs.filter(|&k| k > MAX_TOP_LOGPROBS) {
+            return invalid(
+                "top_logprobs",
+                format!("at most {MAX_TOP_LOGPROBS} alternatives per token, got {k}"),
+            );
+        }
+        Ok(())
+    }
+}
+
+/// A generated token's log-probability under the model (temperature 1, no filtering:
+/// what the model thinks, not what the sampler was allowed to pick), with the most
+/// likely alternatives, best first.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TokenLogprob {
+    pub token: u32,
+    pub logprob: f32,
+    pub top: Vec<(u32, f32)>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ArSequence {
+    prompt: Vec<u32>,
+    generated: Vec<u32>,
+    logprobs: Vec<TokenLogprob>,
+    params: ArParams,
+    eos_ids: Vec<u32>,
+    max_context: usize,
+    rng: ChaCha8Rng,
+    /// Whether the cache holds the prompt (and every generated token but the last).
+    prefilled: bool,
+    forward_passes: usize,
+    finish: Option<FinishReason>,
+    /// The id that ended the answer (EOS or a stop id), not part of it.
+    stopped_by: Option<u32>,
+}
+
+impl ArSequence {
+    pub fn new(
+        prompt: &[u32],
+        params: ArParams,
+        special: &SpecialTokens,
+        max_context: usize,
+    ) -> Result<Self, DecodeError> {
+        params.validate(prompt.len(), max_context)?;
+        let seed = params.seed.unwrap_or_else(rand::random);
+        Ok(Self {
+            prompt: prompt.to_vec(),
+            generated: Vec::with_capacity(params.max_tokens),
+            logprobs: Vec::new(),
+            eos_ids: special.eos_ids.clone(),
+            max_context,
+            rng: ChaCha8Rng::seed_from_u64(seed),
+            prefilled: false,
+            forward_passes: 0,
+            finish: None,
+            stopped_by: None,
+            params,
+        })
+    }
+
+    pub fn params(&self) -> &ArParams {
+        &self.params
+    }
+
+    pub fn is_finished(&self) -> bool {
+        self.finish.is_some()
+    }
+
+    pub fn is_prefilled(&self) -> bool {
+        self.prefilled
+    }
+
+    /// Tokens the next pass feeds: the whole prompt first, then the last token.
+    fn pending(&self) -> &[u32] {
+        match (self.prefilled, self.generated.len()) {
+            (false, _) => &self.prompt,
+            (true, 0) => &self.prompt[self.prompt.len() - 1..],
+            (true, n) => &self.generated[n - 1..],
+        }
+    }
+
+    /// The answer so far (never includes the token that ended it).
+    pub fn generated(&self) -> &[u32] {
+        &self.generated
+    }
+
+    pub fn logprobs(&self) -> &[TokenLogprob] {
+        &self.logprobs
+    }
+
+    pub fn forward_passes(&self) -> usize {
+        self.forward_passes
+    }
+
+    pub fn answer(&self) -> Answer {
+        let mut raw = self.generated.clone();
+        raw.extend(self.stopped_by);
+        Answer {
+            token_ids: self.generated.clone(),
+            raw_ids: raw,
+            finish_reason: self.finish.unwrap_or(FinishReason::Length),
+            forward_passes: self.forward_passes,
+            steps: self.forward_passes,
+        }
+    }
+
+    /// Takes the next-token logits of this sequence (f32, one row) and samples.
+    pub fn accept(&mut self, logits: &[f32]) {
+        self.prefilled = true;
+        self.forward_passes += 1;
+        let token = sample(logits, &self.params, &mut self.rng);
+        let is_eos = !self.params.ignore_eos && self.eos_ids.contains(&token);
+        if is_eos || self.params.stop_token_ids.contains(&token) {
+            self.stopped_by = Some(token);
+            self.finish = Some(FinishReason::Stop);
+            return;
+        }
+        if let Some(k) = self.params.logprobs {
+            self.logprobs.push(logprob_of(logits, token, k));
+        }
+        self.generated.push(token);
+        let total = self.prompt.len() + self.generated.len();
+        if self.generated.len() >= self.params.max_tokens || total >= self.max_context {
+            self.finish = Some(FinishReason::Length);
+        }
+    }
+}
+
+/// Picks the next token from one row of logits.
+pub fn sample(logits: &[f32], params: &ArParams, rng: &mut ChaCha8Rng) -> u32 {
+    if params.temperature == 0.0 {
+        return argmax(logits);
+    }
+    let inv_t = 1.0 / params.temperature;
+    let mut order: Vec<u32> = (0..logits.len() as u32).collect();
+    order.sort_unstable_by(|&a, &b| logits[b as usize].total_cmp(&logits[a as usize]));
+    if params.top_k > 0 {
+        order.truncate(params.top_k);
+    }
+    let best = logits[order[0] as usize];
+    let mut weights: Vec<f64> = order
+        .iter()
+        .map(|&t| f64::from((logits[t as usize] - best) * inv_t).exp())
+        .collect();
+    let total: f64 = weights.iter().sum();
+    if params.top_p < 1.0 {
+        let mut mass = 0.0;
+        let keep = weights
+            .iter()
+            .position(|w| {
+                mass += w / total;
+                mass >= f64::from(params.top_p)
+            })
+            .map_or(weights.len(), |i| i + 1);
+        weights.truncate(keep);
+    }
+    let total: f64 = weights.iter().sum();
+    let mut draw = rng.random::<f64>() * total;
+    for (i, w) in weights.iter().enumerate() {
+        draw -= w;
+        if draw <= 0.0 {
+            return order[i];
+        }
+    }
+    order[weights.len() - 1]
+}
+
+fn argmax(logits: &[f32]) -> u32 {
+    let mut best = 0;
+    for (i, v) in logits.iter().enumerate() {
+        if *v > logits[best] {
+            best = i;
+        }
+    }
+    best as u32
+}
+
+fn logprob_of(logits: &[f32], token: u32, top: usize) -> TokenLogprob {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let log_z = max
+        + logits
+            .iter()
+            .map(|v| f64::from(v - max).exp())
+            .sum::<f64>()
+            .ln() as f32;
+    let mut alternatives = Vec::new();
+    if top > 0 {
+        let mut order: Vec<u32> = (0..logits.len() as u32).collect();
+        let k = top.min(order.len());
+        order.select_nth_unstable_by(k - 1, |&a, &b| {
+            logits[b as usize].total_cmp(&logits[a as usize])
+        });
+        order.truncate(k);
+        order.sort_unstable_by(|&a, &b| logits[b as usize].total_cmp(&logits[a as usize]));
+        alternatives = order
+            .into_iter()
+            .map(|t| (t, logits[t as usize] - log_z))
+            .collect();
+    }
+    TokenLogprob {
+        token,
+        logprob: logits[token as usize] - log_z,
+        top: alternatives,
+    }
+}
+
+/// Advances each unfinished sequence by one token. `seqs[i]` owns cache slot `i`;
+/// sequences not yet prefilled must come after all prefilled ones (the engine admits at
+/// the end), so each pass covers one contiguous range of slots.
+pub fn step_batch(
+    model: &CausalModel,
+    cache: &mut CausalCache,
+    seqs: &mut [&mut ArSequence],
+) -> Result<(), DecodeError> {
+    let first_new = seqs.iter().position(|s| !s.prefilled).unwrap_or(seqs.len());
+    if seqs[first_new..].iter().any(|s| s.prefilled) {
+        return Err(DecodeError::Internal(
+            "sequences awaiting prefill must follow the running ones".into(),
+        ));
+    }
+    let (running, new) = seqs.split_at_mut(first_new);
+    for (first_slot, group) in [(first_new, new), (0, running)] {
+        let live: Vec<usize> = (0..group.len())
+            .filter(|&i| !group[i].is_finished())
+            .collect();
+        if live.is_empty() {
+            continue;
+        }
+        // Finished sequences still hold a slot until the engine drops them; feed them a
+        // token so the pass covers one contiguous range, and ignore their logits.
+        let inputs: Vec<&[u32]> = group
+            .iter()
+            .map(|s| {
+                let p = s.pending();
+                if s.is_finished() {
+                    &p[p.len() - 1..]
+                } else {
+                    p
+                }
+            })
+            .collect();
+        let logits = model
+            .step(cache, first_slot, &inputs, false)?
+            .to_dtype(DType::F32)?;
+        let rows = logits.to_vec2::<f32>()?;
+        for i in live {
+            group[i].accept(&rows[i]);
+        }
+    }
+    Ok(())
+}
+
+/// Decodes one sequence alone (the CLI's `generate`, tests).
+pub fn generate(model: &CausalModel, seq: &mut ArSequence) -> Result<Answer, DecodeError> {
+    let mut cache = CausalCache::new();
+    while !seq.is_finished() {
+        step_batch(model, &mut cache, &mut [&mut *seq])?;
+    }
+    Ok(seq.answer())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn params(temperature: f32, top_k: usize, top_p: f32) -> ArParams {
+        ArParams {
+            temperature,
+            top_k,
+            top_p,
+            ..ArParams::greedy(4)
+        }
+    }
+
+    #[test]
+    fn greedy_is_argmax_and_top_k_one_is_greedy_at_any_temperature() {
+        let logits = [0.1, 2.0, -1.0, 1.9];
+        let mut rng = ChaCha8Rng::seed_from_u64(0);
+        assert_eq!(sample(&logits, &params(0.0, 0, 1.0), &mut rng), 1);
+        for _ in 0..50 {
+            assert_eq!(sample(&logits, &params(1.5, 1, 1.0), &mut rng), 1);
+        }
+    }
+
+    #[test]
+    fn top_k_and_top_p_restrict_the_support() {
+        let logits = [3.0, 2.9, 2.8, -5.0, -6.0];
+        let mut rng = ChaCha8Rng::seed_from_u64(1);
+        let mut seen = std::collections::BTreeSet::new();
+        for _ in 0..400 {
+            seen.insert(sample(&logits, &params(1.0, 2, 1.0), &mut rng));
+        }
+        assert_eq!(seen.into_iter().collect::<Vec<_>>(), vec![0, 1]);
+        // The first three hold almost all the mass: top_p 0.5 keeps the first two.
+        let mut seen = std::collections::BTreeSet::new();
+        for _ in 0..400 {
+            seen.insert(sample(&logits, &params(1.0, 0, 0.5), &mut rng));
+        }
+        assert_eq!(seen.into_iter().collect::<Vec<_>>(), vec![0, 1]);
+        // Without restriction every plausible token turns up.
+        let mut seen = std::collections::BTreeSet::new();
+        for _ in 0..400 {
+            seen.insert(sample(&logits, &params(1.0, 0, 1.0), &mut rng));
+        }
+        assert!(seen.len() >= 3, "{seen:?}");
+    }
+
+    #[test]
+    fn seeded_sampling_repeats() {
+        let logits: Vec<f32> = (0..50).map(|i| (i as f32 * 0.37).sin()).collect();
+        let draw = |seed| {
+            let mut rng = ChaCha8Rng::seed_from_u64(seed);
+            (0..20)
+                .map(|_| sample(&logits, &params(1.0, 0, 1.0), &mut rng))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(draw(5), draw(5));
+        assert_ne!(draw(5), draw(6));
+    }
+
+    #[test]
+    fn logprobs_are_normalised_and_sorted() {
+        let logits = [1.0f32, 3.0, 2.0];
+        let lp = logprob_of(&logits, 2, 2);
+        let total: f32 = logits.iter().map(|&l| (l - 3.0f32).exp()).sum();
+        assert!((lp.logprob - ((2.0f32 - 3.0).exp() / total).ln()).abs() < 1e-5);
+        assert_eq!(lp.top.iter().map(|t| t.0).collect::<Vec<_>>(), vec![1, 2]);
+        assert!(lp.top[0].1 > lp.top[1].1);
+    }
+
+    fn special() -> SpecialTokens {
+        SpecialTokens {
+            mask_id: crate::models::NO_MASK,
+            eos_ids: vec![9],
+            pad_id: 9,
+        }
+    }
+
+    #[test]
+    fn eos_and_stop_ids_end_the_answer_outside_it() {
+        let mut logits = vec![0.0f32; 12];
+        let mut seq = ArSequence::new(&[1, 2], ArParams::greedy(5), &special(), 64).unwrap();
+        logits[4] = 5.0;
+        seq.accept(&logits);
+        logits[9] = 10.0;
+        seq.accept(&logits);
+        assert!(seq.is_finished());
+        let a = seq.answer();
+        assert_eq!((a.token_ids, a.raw_ids), (vec![4], vec![4, 9]));
+        assert_eq!(a.finish_reason, FinishReason::Stop);
+
+        let p = ArParams {
+            stop_token_ids: vec![4],
+            ..ArParams::greedy(5)
+        };
+        let mut seq = ArSequence::new(&[1], p, &special(), 64).unwrap();
+        logits[9] = 0.0;
+        seq.accept(&logits);
+        assert_eq!(seq.answer().finish_reason, FinishReason::Stop);
+        assert!(seq.generated().is_empty());
+
+        let p = ArParams {
+            ignore_eos: true,
+            ..ArParams::greedy(2)
+        };
+        let mut seq = ArSequence::new(&[1], p, &special(), 64).unwrap();
+        logits[9] = 10.0;
+        seq.accept(&logits);
+        seq.accept(&logits);
+        let a = seq.answer();
+        assert_eq!(a.token_ids, vec![9, 9]);
+        assert_eq!(a.finish_reason, FinishReason::Length);
+    }
+
+    #[test]
+    fn validation_names_the_field() {
+        let param = |p: ArParams, prompt: usize| match p.validate(prompt, 16) {
+            Err(DecodeError::InvalidParam { param, .. }) => param,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(param(ArParams::greedy(0), 2), "max_tokens");
+        assert_eq!(param(ArParams::greedy(15), 2), "max_tokens");
+        assert_eq!(param(ArParams::greedy(1), 16), "prompt");
+        assert_eq!(param(ArParams::greedy(1), 0), "prompt");
+        let p = ArParams {
+            logprobs: Some(21),
+            ..ArParams::greedy(1)
+        };
+        assert_eq!(param(p, 2), "top_logprobs");
+        assert!(ArParams::greedy(14).validate(2, 16).is_ok());
+    }
+}

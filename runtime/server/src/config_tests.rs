@@ -1,0 +1,213 @@
+use clap::{CommandFactory, FromArgMatches, Parser};
+
+use super::*;
+
+/// `dfastllm serve`'s config flags on their own, parsed the way the binary parses them.
+#[derive(Parser, Debug)]
+struct Flags {
+    #[command(flatten)]
+    layer: ConfigLayer,
+}
+
+fn parse_flags(args: &[&str]) -> (ConfigLayer, FlagOrigins) {
+    let matches = Flags::command()
+        .try_get_matches_from(std::iter::once("serve").chain(args.iter().copied()))
+        .unwrap();
+    let flags = Flags::from_arg_matches(&matches).unwrap();
+    (flags.layer, FlagOrigins::from_matches(&matches))
+}
+
+fn resolve(args: &[&str], file: &str) -> Result<RuntimeConfig, ConfigError> {
+    let (flags, origins) = parse_flags(args);
+    let file = ConfigLayer::parse(file).unwrap();
+    RuntimeConfig::from_layers(&flags, &origins, Some((&file, Path::new("runtime.toml"))))
+}
+
+fn from_code(flags: ConfigLayer, file: ConfigLayer) -> Result<RuntimeConfig, ConfigError> {
+    RuntimeConfig::from_layers(
+        &flags,
+        &FlagOrigins::default(),
+        Some((&file, Path::new("runtime.toml"))),
+    )
+}
+
+#[test]
+fn the_operator_contract_fixture_parses() {
+    let text = include_str!("../../tests/fixtures/runtime.toml");
+    let file = ConfigLayer::parse(text).unwrap();
+    let cfg = from_code(ConfigLayer::default(), file).unwrap();
+    assert_eq!(cfg.served_name, "llada-8b");
+    assert_eq!(cfg.architecture, None, "the fixture says auto");
+    assert_eq!(cfg.aliases, vec!["gpt-3.5-turbo".to_string()]);
+    assert_eq!(cfg.max_concurrent_requests, 32);
+    assert_eq!(cfg.decoding.gen_length, 256);
+    assert_eq!(cfg.decoding.block_length, Some(32));
+    assert_eq!(cfg.decoding.remasking, Remasking::LowConfidence);
+    assert_eq!(cfg.device, DeviceChoice::Cuda(0));
+    assert_eq!(cfg.rate_limit_requests_per_minute, 600);
+    assert_eq!(
+        cfg.decoding.parallel,
+        Parallel::Threshold {
+            threshold: 0.9,
+            max_parallel: 16
+        }
+    );
+    assert_eq!(cfg.decoding.kv_cache, KvCacheMode::Dual);
+    assert_eq!(cfg.decoding.mor, None, "mor.enabled = false");
+}
+
+#[test]
+fn the_defaults_table_is_the_pinned_contract() {
+    let pinned =
+        ConfigLayer::parse(include_str!("../../tests/fixtures/runtime-defaults.toml")).unwrap();
+    assert_eq!(
+        defaults(),
+        pinned,
+        "runtime-defaults.toml is the defaults table"
+    );
+}
+
+#[test]
+fn flags_beat_the_file_which_beats_defaults() {
+    let file = "[server]\nport = 9000\nmax_queue = 5\n[decoding]\ngen_length = 32\n";
+    let cfg = resolve(&["--port", "7000"], file).unwrap();
+    assert_eq!(cfg.port, 7000, "flag wins");
+    assert_eq!(cfg.max_queue, 5, "file wins over default");
+    assert_eq!(cfg.max_concurrent_requests, 16, "default");
+    assert_eq!(cfg.decoding.gen_length, 32);
+    assert_eq!(cfg.model_path, PathBuf::from("/mnt/models"));
+    assert_eq!(
+        cfg.served_name, "models",
+        "served name defaults to the model directory's name"
+    );
+}
+
+#[test]
+fn unknown_keys_and_bad_values_are_errors() {
+    let err = ConfigLayer::parse("[server]\nprot = 1\n").unwrap_err();
+    assert!(err.contains("prot"), "{err}");
+    let err = ConfigLayer::parse("[decoding]\nremasking = \"best\"\n").unwrap_err();
+    assert!(err.contains("best") || err.contains("remasking"), "{err}");
+    let err = resolve(&["--max-queue", "0"], "").unwrap_err().to_string();
+    assert!(err.starts_with("--max-queue: must be at least 1"), "{err}");
+    let err = resolve(&[], "[server]\nmax_queue = 0\n")
+        .unwrap_err()
+        .to_string();
+    assert_eq!(err, "runtime.toml: server.max_queue: must be at least 1");
+}
+
+#[test]
+fn a_bad_device_in_the_file_is_the_files_error_not_the_flags() {
+    let err = ConfigLayer::parse("[model]\ndevice = \"tpu\"\n").unwrap_err();
+    assert!(err.contains("tpu") && err.contains("device"), "{err}");
+    assert!(!err.contains("--device"), "{err}");
+}
+
+#[test]
+fn api_keys_come_from_flags_and_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("keys");
+    std::fs::write(&path, "# team keys\nk2\nk3, k4\n\n").unwrap();
+    let path = path.to_str().unwrap();
+    let cfg = resolve(&["--api-keys", "k1", "--api-keys-file", path], "").unwrap();
+    assert_eq!(cfg.api_keys, vec!["k1", "k2", "k3", "k4"]);
+    let missing = dir.path().join("nope");
+    let err = resolve(&["--api-keys-file", missing.to_str().unwrap()], "").unwrap_err();
+    assert!(err.to_string().contains("nope"));
+}
+
+/// Precedence bug 1: `--apd-threshold` over a file that enables threshold APD was
+/// dropped, because the flag side replaced the file's whole APD section or nothing.
+#[test]
+fn an_apd_flag_changes_one_field_of_the_files_rule() {
+    let file = "[decoding.apd]\nenabled = true\nmode = \"threshold\"\nmax_parallel = 4\n";
+    let cfg = resolve(&["--apd-threshold", "0.8"], file).unwrap();
+    assert_eq!(
+        cfg.decoding.parallel,
+        Parallel::Threshold {
+            threshold: 0.8,
+            max_parallel: 4
+        },
+        "the flag's threshold with the file's max_parallel"
+    );
+    let off = resolve(&["--apd", "off", "--apd-threshold", "0.8"], file).unwrap_err();
+    assert!(off.to_string().starts_with("--apd-threshold:"), "{off}");
+    let nothing_on = resolve(&["--apd-threshold", "0.8"], "").unwrap_err();
+    assert!(
+        nothing_on.to_string().contains("--apd threshold"),
+        "a flag that would be ignored is an error naming what it needs: {nothing_on}"
+    );
+    let factor = resolve(&["--apd", "factor"], file).unwrap();
+    assert_eq!(
+        factor.decoding.parallel,
+        Parallel::Factor {
+            factor: 1.0,
+            max_parallel: 4
+        }
+    );
+}
+
+/// Precedence bug 2: `--mor` replaced the file's recursion counts with the flag
+/// defaults, and nothing on the flag side could turn a file's MoR off.
+#[test]
+fn mor_flags_merge_field_by_field_and_can_turn_the_files_mor_off() {
+    let file = "[decoding.mor]\nenabled = true\nmin_recursions = 1\nmax_recursions = 4\n";
+    let cfg = resolve(&["--mor"], file).unwrap();
+    let mor = cfg.decoding.mor.unwrap();
+    assert_eq!(
+        (mor.min_recursions, mor.max_recursions),
+        (1, 4),
+        "file counts kept"
+    );
+    let cfg = resolve(&["--mor-max-recursions", "3"], file).unwrap();
+    assert_eq!(cfg.decoding.mor.unwrap().max_recursions, 3);
+    assert_eq!(cfg.decoding.mor.unwrap().min_recursions, 1);
+    let off = resolve(&["--mor", "false"], file).unwrap();
+    assert_eq!(off.decoding.mor, None, "--mor false beats the file");
+    let err = resolve(&["--mor-min-recursions", "2"], "").unwrap_err();
+    assert!(
+        err.to_string().starts_with("--mor-min-recursions:"),
+        "{err}"
+    );
+}
+
+#[test]
+fn the_sampler_checks_name_the_values_source() {
+    let err = resolve(&[], "[decoding.apd]\nenabled = true\nthreshold = 1.5\n")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.starts_with("runtime.toml: decoding.apd.threshold"),
+        "{err}"
+    );
+    let err = resolve(&["--apd", "threshold", "--apd-threshold", "1.5"], "")
+        .unwrap_err()
+        .to_string();
+    assert!(err.starts_with("--apd-threshold"), "{err}");
+}
+
+#[test]
+fn print_config_names_every_values_origin() {
+    let (flags, origins) = parse_flags(&["--port", "7000", "--api-keys", "secret"]);
+    let file = ConfigLayer::parse("[server]\nmax_queue = 5\n").unwrap();
+    let layered = merge(&flags, &origins, Some((&file, Path::new("/etc/rt.toml"))));
+    let text = layered.render();
+    assert!(text.contains("port = 7000  # --port\n"), "{text}");
+    assert!(text.contains("max_queue = 5  # /etc/rt.toml\n"), "{text}");
+    assert!(text.contains("host = \"0.0.0.0\"  # default\n"), "{text}");
+    assert!(text.contains("[decoding.mor]\n"), "{text}");
+    assert!(!text.contains("secret"), "keys are never printed: {text}");
+    // What it prints is a runtime.toml that reads back to the same values.
+    let back = ConfigLayer::parse(&text).unwrap();
+    assert_eq!(back.server.port, Some(7000));
+    assert_eq!(back.decoding, layered.merged.decoding);
+}
+
+#[test]
+fn help_shows_the_tables_defaults() {
+    let mut cmd = annotate_defaults(Flags::command());
+    let help = cmd.render_help().to_string();
+    assert!(help.contains("[default: 8000]"), "{help}");
+    assert!(help.contains("[default: low_confidence]"), "{help}");
+    assert!(help.contains("[default: 0.9]"), "{help}");
+}

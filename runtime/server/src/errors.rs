@@ -1,0 +1,186 @@
+//! Every way a request can fail, each mapped to exactly one HTTP status and one OpenAI
+//! error `type`, in one place.
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::json;
+
+use dfastllm_core::decoding::DecodeError;
+
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ApiError {
+    #[error("{message}")]
+    InvalidRequest {
+        message: String,
+        param: Option<String>,
+    },
+    #[error("{0}")]
+    Unauthorized(String),
+    #[error("{0}")]
+    ModelNotFound(String),
+    #[error("request body is larger than the limit of {0} bytes")]
+    BodyTooLarge(usize),
+    #[error("rate limit exceeded: retry in {retry_after_seconds} s")]
+    RateLimited { retry_after_seconds: u64 },
+    #[error("the server is at capacity (request queue full); retry later")]
+    QueueFull,
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("the request did not finish within {0} s")]
+    Timeout(u64),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl ApiError {
+    pub fn invalid(param: &str, message: impl Into<String>) -> Self {
+        Self::InvalidRequest {
+            message: message.into(),
+            param: Some(param.to_string()),
+        }
+    }
+
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::InvalidRequest { .. } => StatusCode::BAD_REQUEST,
+            Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            Self::ModelNotFound(_) => StatusCode::NOT_FOUND,
+            Self::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::RateLimited { .. } | Self::QueueFull => StatusCode::TOO_MANY_REQUESTS,
+            Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// OpenAI's `error.type`.
+    fn kind(&self) -> &'static str {
+        match self {
+            Self::InvalidRequest { .. } | Self::BodyTooLarge(_) => "invalid_request_error",
+            Self::Unauthorized(_) => "authentication_error",
+            Self::ModelNotFound(_) => "not_found_error",
+            Self::RateLimited { .. } | Self::QueueFull => "rate_limit_error",
+            Self::Unavailable(_) => "service_unavailable_error",
+            Self::Timeout(_) => "timeout_error",
+            Self::Internal(_) => "server_error",
+        }
+    }
+
+    /// OpenAI's `error.code`.
+    fn code(&self) -> Option<&'static str> {
+        match self {
+            Self::Unauthorized(_) => Some("invalid_api_key"),
+            Self::ModelNotFound(_) => Some("model_not_found"),
+            Self::BodyTooLarge(_) => Some("request_too_large"),
+            Self::RateLimited { .. } => Some("rate_limit_exceeded"),
+            Self::QueueFull => Some("queue_full"),
+            Self::Timeout(_) => Some("timeout"),
+            _ => None,
+        }
+    }
+
+    /// The `reason` label of `dfastllm_requests_rejected_total`.
+    pub fn reject_reason(&self) -> &'static str {
+        match self {
+            Self::InvalidRequest { .. } | Self::BodyTooLarge(_) => "invalid",
+            Self::Unauthorized(_) => "unauthorized",
+            Self::ModelNotFound(_) => "model_not_found",
+            Self::RateLimited { .. } => "rate_limited",
+            Self::QueueFull => "queue_full",
+            Self::Unavailable(_) => "unavailable",
+            Self::Timeout(_) => "timeout",
+            Self::Internal(_) => "internal",
+        }
+    }
+
+    /// The JSON body, also sent as the last event of a failed stream.
+    pub fn body(&self) -> serde_json::Value {
+        let param = match self {
+            Self::InvalidRequest { param, .. } => param.clone(),
+            _ => None,
+        };
+        json!({"error": {"message": self.to_string(), "type": self.kind(), "param": param, "code": self.code()}})
+    }
+}
+
+impl From<DecodeError> for ApiError {
+    fn from(e: DecodeError) -> Self {
+        match e {
+            DecodeError::InvalidParam { param, message } => Self::invalid(param, message),
+            DecodeError::Model(e) => Self::Internal(e.to_string()),
+            DecodeError::Internal(m) => Self::Internal(m),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut response = (self.status(), Json(self.body())).into_response();
+        if let Self::RateLimited {
+            retry_after_seconds,
+        } = self
+        {
+            if let Ok(v) = HeaderValue::from_str(&retry_after_seconds.to_string()) {
+                response.headers_mut().insert(header::RETRY_AFTER, v);
+            }
+        }
+        if let Self::Unauthorized(_) = self {
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_error_has_one_status_and_the_openai_shape() {
+        let cases = [
+            (
+                ApiError::invalid("temperature", "too hot"),
+                400,
+                "invalid_request_error",
+            ),
+            (
+                ApiError::Unauthorized("no key".into()),
+                401,
+                "authentication_error",
+            ),
+            (
+                ApiError::ModelNotFound("nope".into()),
+                404,
+                "not_found_error",
+            ),
+            (ApiError::BodyTooLarge(10), 413, "invalid_request_error"),
+            (
+                ApiError::RateLimited {
+                    retry_after_seconds: 2,
+                },
+                429,
+                "rate_limit_error",
+            ),
+            (ApiError::QueueFull, 429, "rate_limit_error"),
+            (
+                ApiError::Unavailable("draining".into()),
+                503,
+                "service_unavailable_error",
+            ),
+            (ApiError::Timeout(5), 504, "timeout_error"),
+        ];
+        for (err, status, kind) in cases {
+            assert_eq!(err.status().as_u16(), status);
+            let body = err.body();
+            assert_eq!(body["error"]["type"], kind);
+            assert!(body["error"]["message"]
+                .as_str()
+                .is_some_and(|m| !m.is_empty()));
+            assert!(body["error"].get("param").is_some() && body["error"].get("code").is_some());
+        }
+        assert_eq!(ApiError::invalid("n", "x").body()["error"]["param"], "n");
+    }
+}

@@ -1,0 +1,189 @@
+//! `launch`: the one wiring of a serving process, used by `dfastllm serve`, by
+//! `dfastllm batch --model` (a loopback server) and by the tests.
+//!
+//! The listener serves at once (`/health` answers, `/readyz` is 503) while a thread of
+//! its own loads the model, runs one warm-up generation, marks the server ready and then
+//! becomes the engine's scheduler for the life of the process.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+use dfastllm_core::decoding::{ArParams, DiffusionParams};
+use dfastllm_core::device;
+use dfastllm_core::engine::{engine, EngineConfig, Scheduler};
+use dfastllm_core::generation::{Generator, Prompt};
+use dfastllm_core::metrics::Metrics;
+
+use crate::config::RuntimeConfig;
+use crate::{serve, AppState, ModelInfo};
+
+#[derive(Debug, thiserror::Error)]
+pub enum LaunchError {
+    /// The model directory is plainly wrong: found before anything starts.
+    #[error("--model: {0}")]
+    Model(String),
+    /// Loading, the architecture check or the warm-up failed.
+    #[error("{0}")]
+    Load(String),
+    #[error("the engine thread stopped while loading")]
+    EngineStopped,
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// A server that is serving (and loading, until [`Launched::ready`] says otherwise).
+pub struct Launched {
+    pub addr: SocketAddr,
+    pub state: AppState,
+    loaded: Option<oneshot::Receiver<Result<(), String>>>,
+    server: JoinHandle<std::io::Result<()>>,
+}
+
+/// Fails when the model directory is plainly wrong, before a port is bound or a
+/// thread started.
+pub fn check_model_dir(config: &RuntimeConfig) -> Result<(), LaunchError> {
+    if config.model_path.join("config.json").is_file() {
+        return Ok(());
+    }
+    Err(LaunchError::Model(format!(
+        "{} has no config.json (expected a Hugging Face checkpoint directory)",
+        config.model_path.display()
+    )))
+}
+
+/// Starts serving `config` on `listener` until `shutdown` resolves (then drains).
+pub fn launch(
+    config: RuntimeConfig,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<Launched, LaunchError> {
+    check_model_dir(&config)?;
+    let addr = listener.local_addr()?;
+    let metrics = Arc::new(Metrics::new());
+    let (handle, scheduler) = engine(
+        EngineConfig {
+            max_concurrent_requests: config.max_concurrent_requests,
+            max_queue: config.max_queue,
+            batch_wait: Duration::from_millis(config.batch_wait_ms),
+        },
+        metrics.clone(),
+    );
+    let state = AppState::new(config.clone(), handle, metrics);
+    let (loaded_tx, loaded_rx) = oneshot::channel();
+    let engine_state = state.clone();
+    std::thread::Builder::new()
+        .name("dfastllm-engine".into())
+        .spawn(move || load_and_schedule(&config, &engine_state, scheduler, loaded_tx))?;
+    let server = tokio::spawn(serve(listener, state.clone(), shutdown));
+    Ok(Launched {
+        addr,
+        state,
+        loaded: Some(loaded_rx),
+        server,
+    })
+}
+
+impl Launched {
+    /// Resolves once the model is loaded and warmed up (`/readyz` 200), or fails with
+    /// the reason it could not load.
+    pub async fn ready(&mut self) -> Result<(), LaunchError> {
+        match self.loaded.take() {
+            None => Ok(()),
+            Some(rx) => match rx.await {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(message)) => Err(LaunchError::Load(message)),
+                Err(_) => Err(LaunchError::EngineStopped),
+            },
+        }
+    }
+
+    /// Serves until the shutdown future resolved and the drain finished; fails at once
+    /// when the model cannot load.
+    pub async fn wait(mut self) -> Result<(), LaunchError> {
+        let loaded = self.loaded.take();
+        let failed = async move {
+            match loaded {
+                Some(rx) => match rx.await {
+                    Ok(Err(message)) => LaunchError::Load(message),
+                    // Loaded (or the thread ended after loading): wait for the server.
+                    Ok(Ok(())) | Err(_) => std::future::pending().await,
+                },
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            result = &mut self.server => match result {
+                Ok(r) => Ok(r?),
+                Err(join) => Err(LaunchError::Load(format!("the server task failed: {join}"))),
+            },
+            e = failed => Err(e),
+        }
+    }
+}
+
+/// Loads the model, runs one warm-up generation, marks the server ready, then runs
+/// the scheduler on this thread until every engine handle is dropped.
+fn load_and_schedule(
+    cfg: &RuntimeConfig,
+    state: &AppState,
+    scheduler: Scheduler,
+    loaded: oneshot::Sender<Result<(), String>>,
+) {
+    let started = Instant::now();
+    let result = (|| -> Result<_, String> {
+        let device = device::select(cfg.device).map_err(|e| e.to_string())?;
+        let generator =
+            Generator::load(&cfg.model_path, &device, cfg.dtype).map_err(|e| e.to_string())?;
+        if let Some(expected) = cfg.architecture {
+            let found = generator.model.architecture;
+            if found != expected {
+                return Err(format!(
+                    "model.architecture: the deployment expects {expected} but {}/config.json is {found}",
+                    cfg.model_path.display()
+                ));
+            }
+        }
+        let warmup = Prompt::Text("warm up".into());
+        generator
+            .generate(
+                &warmup,
+                DiffusionParams::with_defaults(8),
+                ArParams::greedy(8),
+            )
+            .map_err(|e| format!("warm-up generation: {e}"))?;
+        Ok((generator, device))
+    })();
+    let (generator, device) = match result {
+        Ok(ok) => ok,
+        Err(message) => {
+            tracing::error!(error = %message, "model failed to load");
+            let _ = loaded.send(Err(message));
+            return;
+        }
+    };
+    let Generator { model, tokenizer } = generator;
+    tracing::info!(
+        model = %cfg.model_path.display(),
+        architecture = model.architecture.name(),
+        device = device::describe(&device),
+        dtype = ?model.dtype,
+        demo_weights = model.is_demo,
+        load_seconds = started.elapsed().as_secs_f64(),
+        "model loaded and warmed up"
+    );
+    state.set_ready(ModelInfo {
+        tokenizer,
+        special: model.special.clone(),
+        max_context: model.model.max_context(),
+        architecture: model.architecture,
+        device: device.clone(),
+    });
+    let _ = loaded.send(Ok(()));
+    scheduler.run(&model);
+}

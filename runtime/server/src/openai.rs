@@ -1,0 +1,668 @@
+//! Request bodies of the OpenAI-compatible endpoints and their validation into
+//! decoding parameters. Unknown fields are ignored, as OpenAI's clients send many.
+
+use serde::Deserialize;
+
+use super::errors::ApiError;
+use crate::config::{
+    default_mor, DecodingDefaults, DEFAULT_APD_FACTOR, DEFAULT_APD_THRESHOLD, DEFAULT_MAX_PARALLEL,
+};
+use dfastllm_core::decoding::autoregressive::MAX_TOP_LOGPROBS;
+use dfastllm_core::decoding::{
+    default_block_length, ArParams, DiffusionParams, KvCacheMode, Mor, Parallel, Remasking,
+};
+use dfastllm_core::tokenizer::ChatMessage;
+
+pub const MAX_N: u32 = 8;
+pub const MAX_STOP_STRINGS: usize = 4;
+
+/// A string or a list of strings (`prompt`, `stop`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl OneOrMany {
+    pub fn into_vec(self) -> Vec<String> {
+        match self {
+            Self::One(s) => vec![s],
+            Self::Many(v) => v,
+        }
+    }
+}
+
+/// Sampling fields shared by every generation endpoint.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct Sampling {
+    pub max_tokens: Option<i64>,
+    pub max_completion_tokens: Option<i64>,
+    pub temperature: Option<f64>,
+    pub top_p: Option<f64>,
+    pub n: Option<i64>,
+    pub stop: Option<OneOrMany>,
+    pub seed: Option<i64>,
+    /// Autoregressive extensions (vLLM's names): `top_k` (0 or -1 is off), token ids
+    /// that end the answer, and `ignore_eos` for fixed-length benchmarks.
+    pub top_k: Option<i64>,
+    pub stop_token_ids: Option<Vec<i64>>,
+    pub ignore_eos: Option<bool>,
+    /// Diffusion extensions.
+    pub steps: Option<i64>,
+    pub block_length: Option<i64>,
+    pub remasking: Option<String>,
+    /// Fast decoding (docs/decoding.md): `{"mode": "threshold"|"factor"|"off",
+    /// "threshold", "factor", "max_parallel"}`.
+    pub apd: Option<ApdRequest>,
+    /// `{"enabled", "min_recursions", "max_recursions", "confidence_threshold"}`.
+    pub mor: Option<MorRequest>,
+    /// `none`, `prefix` or `dual`.
+    pub kv_cache: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct ApdRequest {
+    pub mode: Option<String>,
+    pub threshold: Option<f64>,
+    pub factor: Option<f64>,
+    pub max_parallel: Option<i64>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct MorRequest {
+    pub enabled: Option<bool>,
+    pub min_recursions: Option<i64>,
+    pub max_recursions: Option<i64>,
+    pub confidence_threshold: Option<f64>,
+}
+
+/// The request's APD over the deployment's: unset fields keep the deployment's values.
+fn resolve_apd(req: &ApdRequest, default: Parallel) -> Result<Parallel, ApiError> {
+    let (d_threshold, d_factor, d_max) = match default {
+        Parallel::Schedule | Parallel::Verifier { .. } => (
+            DEFAULT_APD_THRESHOLD as f32,
+            DEFAULT_APD_FACTOR as f32,
+            DEFAULT_MAX_PARALLEL,
+        ),
+        Parallel::Threshold {
+            threshold,
+            max_parallel,
+        } => (threshold, DEFAULT_APD_FACTOR as f32, max_parallel),
+        Parallel::Factor {
+            factor,
+            max_parallel,
+        } => (DEFAULT_APD_THRESHOLD as f32, factor, max_parallel),
+    };
+    let max_parallel = match req.max_parallel {
+        None => d_max,
+        Some(m) if m >= 1 => m as usize,
+        Some(m) => {
+            return Err(ApiError::invalid(
+                "apd.max_parallel",
+                format!("apd.max_parallel must be at least 1, got {m}"),
+            ))
+        }
+    };
+    let mode = req.mode.as_deref().unwrap_or(match default {
+        Parallel::Factor { .. } => "factor",
+        _ => "threshold",
+    });
+    match mode {
+        "off" => Ok(Parallel::Schedule),
+        "threshold" => Ok(Parallel::Threshold {
+            threshold: req.threshold.map_or(d_threshold, |t| t as f32),
+            max_parallel,
+        }),
+        "factor" => Ok(Parallel::Factor {
+            factor: req.factor.map_or(d_factor, |f| f as f32),
+            max_parallel,
+        }),
+        other => Err(ApiError::invalid(
+            "apd.mode",
+            format!("unknown apd.mode {other:?} (expected threshold, factor or off)"),
+        )),
+    }
+}
+
+fn resolve_mor(req: &MorRequest, default: Option<Mor>) -> Result<Option<Mor>, ApiError> {
+    if !req.enabled.unwrap_or(true) {
+        return Ok(None);
+    }
+    let base = default.unwrap_or_else(default_mor);
+    let count = |param: &str, v: Option<i64>, d: usize| match v {
+        None => Ok(d),
+        Some(n) if (0..=16).contains(&n) => Ok(n as usize),
+        Some(n) => Err(ApiError::invalid(
+            param,
+            format!("{param} must be between 0 and 16, got {n}"),
+        )),
+    };
+    Ok(Some(Mor {
+        min_recursions: count(
+            "mor.min_recursions",
+            req.min_recursions,
+            base.min_recursions,
+        )?,
+        max_recursions: count(
+            "mor.max_recursions",
+            req.max_recursions,
+            base.max_recursions,
+        )?,
+        confidence_threshold: req
+            .confidence_threshold
+            .map_or(base.confidence_threshold, |t| t as f32),
+    }))
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct StreamOptions {
+    #[serde(default)]
+    pub include_usage: bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct CompletionRequest {
+    pub model: Option<String>,
+    pub prompt: Option<OneOrMany>,
+    /// Completions' form: how many alternatives to list per token (0 lists none).
+    pub logprobs: Option<i64>,
+    #[serde(default)]
+    pub stream: bool,
+    pub stream_options: Option<StreamOptions>,
+    #[serde(flatten)]
+    pub sampling: Sampling,
+}
+
+/// Chat content is a string or a list of parts of which we take the text ones.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum Content {
+    Text(String),
+    Parts(Vec<ContentPart>),
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct ContentPart {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub text: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct RequestMessage {
+    pub role: String,
+    pub content: Option<Content>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct ChatRequest {
+    pub model: Option<String>,
+    pub messages: Vec<RequestMessage>,
+    /// Chat's form: a switch, and the alternatives per token in `top_logprobs`.
+    pub logprobs: Option<bool>,
+    pub top_logprobs: Option<i64>,
+    #[serde(default)]
+    pub stream: bool,
+    pub stream_options: Option<StreamOptions>,
+    #[serde(flatten)]
+    pub sampling: Sampling,
+}
+
+/// `POST /generate`: plain JSON for scripts and load balancers' health checks.
+#[derive(Debug, Clone, Deserialize)]
+pub struct GenerateRequest {
+    pub prompt: Option<String>,
+    #[serde(default)]
+    pub stream: bool,
+    #[serde(flatten)]
+    pub sampling: Sampling,
+}
+
+impl ChatRequest {
+    pub fn chat_messages(&self) -> Result<Vec<ChatMessage>, ApiError> {
+        if self.messages.is_empty() {
+            return Err(ApiError::invalid("messages", "messages must not be empty"));
+        }
+        self.messages
+            .iter()
+            .enumerate()
+            .map(|(i, m)| {
+                if !matches!(
+                    m.role.as_str(),
+                    "system" | "user" | "assistant" | "developer" | "tool"
+                ) {
+                    return Err(ApiError::invalid(
+                        &format!("messages[{i}].role"),
+                        format!("unknown role {:?}", m.role),
+                    ));
+                }
+                let content = match &m.content {
+                    None => String::new(),
+                    Some(Content::Text(t)) => t.clone(),
+                    Some(Content::Parts(parts)) => {
+                        if let Some(p) = parts.iter().find(|p| p.kind != "text") {
+                            return Err(ApiError::invalid(
+                                &format!("messages[{i}].content"),
+                                format!(
+                                    "content parts of type {:?} are not supported by a text model",
+                                    p.kind
+                                ),
+                            ));
+                        }
+                        parts
+                            .iter()
+                            .filter_map(|p| p.text.clone())
+                            .collect::<Vec<_>>()
+                            .join("")
+                    }
+                };
+                // "developer" is OpenAI's newer name for the system role.
+                let role = if m.role == "developer" {
+                    "system"
+                } else {
+                    m.role.as_str()
+                };
+                Ok(ChatMessage::new(role, &content))
+            })
+            .collect()
+    }
+}
+
+/// Validated sampling: decoding parameters for each of `n` choices plus stop strings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Resolved {
+    pub params: DiffusionParams,
+    pub n: usize,
+    pub stops: Vec<String>,
+    pub top_k: usize,
+    pub stop_token_ids: Vec<u32>,
+    pub ignore_eos: bool,
+    /// Alternatives per token when log-probabilities were asked for.
+    pub logprobs: Option<usize>,
+    /// Diffusion-only fields the request set (autoregressive models refuse them).
+    pub diffusion_fields: Vec<&'static str>,
+}
+
+impl Resolved {
+    /// Parameters of choice `index`: seeded runs give each choice its own seed.
+    pub fn for_choice(&self, index: usize) -> DiffusionParams {
+        DiffusionParams {
+            seed: self.params.seed.map(|s| s.wrapping_add(index as u64)),
+            ..self.params.clone()
+        }
+    }
+
+    /// The autoregressive sampler's parameters of choice `index`.
+    pub fn ar_for_choice(&self, index: usize) -> ArParams {
+        ArParams {
+            max_tokens: self.params.gen_length,
+            temperature: self.params.temperature,
+            top_p: self.params.top_p,
+            top_k: self.top_k,
+            seed: self.params.seed.map(|s| s.wrapping_add(index as u64)),
+            stop_token_ids: self.stop_token_ids.clone(),
+            ignore_eos: self.ignore_eos,
+            logprobs: self.logprobs,
+        }
+    }
+
+    /// Refuses fields the served model's kind cannot honour, naming the first one.
+    pub fn check_kind(&self, diffusion: bool) -> Result<(), ApiError> {
+        let refuse = |param: &str, what: &str| {
+            Err(ApiError::invalid(
+                param,
+                format!("{param} is not supported by {what} models"),
+            ))
+        };
+        if diffusion {
+            if self.logprobs.is_some() {
+                return refuse("logprobs", "diffusion");
+            }
+            if self.top_k > 0 {
+                return refuse("top_k", "diffusion");
+            }
+            if !self.stop_token_ids.is_empty() {
+                return refuse("stop_token_ids", "diffusion");
+            }
+            if self.ignore_eos {
+                return refuse("ignore_eos", "diffusion");
+            }
+        } else if let Some(field) = self.diffusion_fields.first() {
+            return refuse(field, "autoregressive");
+        }
+        Ok(())
+    }
+}
+
+/// `logprobs` of /v1/completions: an alternative count, 0 to [`MAX_TOP_LOGPROBS`].
+pub fn completion_logprobs(value: Option<i64>) -> Result<Option<usize>, ApiError> {
+    match value {
+        None => Ok(None),
+        Some(k) if (0..=MAX_TOP_LOGPROBS as i64).contains(&k) => Ok(Some(k as usize)),
+        Some(k) => Err(ApiError::invalid(
+            "logprobs",
+            format!("logprobs must be between 0 and {MAX_TOP_LOGPROBS}, got {k}"),
+        )),
+    }
+}
+
+/// `logprobs` + `top_logprobs` of /v1/chat/completions.
+pub fn chat_logprobs(logprobs: Option<bool>, top: Option<i64>) -> Result<Option<usize>, ApiError> {
+    match (logprobs.unwrap_or(false), top) {
+        (false, None) => Ok(None),
+        (false, Some(_)) => Err(ApiError::invalid(
+            "top_logprobs",
+            "top_logprobs needs logprobs: true",
+        )),
+        (true, None) => Ok(Some(0)),
+        (true, Some(k)) if (0..=MAX_TOP_LOGPROBS as i64).contains(&k) => Ok(Some(k as usize)),
+        (true, Some(k)) => Err(ApiError::invalid(
+            "top_logprobs",
+            format!("top_logprobs must be between 0 and {MAX_TOP_LOGPROBS}, got {k}"),
+        )),
+    }
+}
+
+fn positive(param: &str, value: Option<i64>) -> Result<Option<usize>, ApiError> {
+    match value {
+        None => Ok(None),
+        Some(v) if v >= 1 => Ok(Some(v as usize)),
+        Some(v) => Err(ApiError::invalid(
+            param,
+            format!("{param} must be at least 1, got {v}"),
+        )),
+    }
+}
+
+/// Checks the fields OpenAI bounds and fills the diffusion knobs from the deployment's
+/// defaults. Combinations the sampler rejects (a block length that does not divide
+/// max_tokens, ...) are caught when the sequence is built, with the same 400.
+pub fn resolve(s: &Sampling, defaults: &DecodingDefaults) -> Result<Resolved, ApiError> {
+    let max_tokens = match (
+        positive("max_tokens", s.max_tokens)?,
+        positive("max_completion_tokens", s.max_completion_tokens)?,
+    ) {
+        (Some(a), _) => a,
+        (None, Some(b)) => b,
+        (None, None) => defaults.gen_length,
+    };
+    let temperature = s.temperature.unwrap_or(f64::from(defaults.temperature));
+    if !(0.0..=2.0).contains(&temperature) {
+        return Err(ApiError::invalid(
+            "temperature",
+            format!("temperature must be between 0 and 2, got {temperature}"),
+        ));
+    }
+    let top_p = s.top_p.unwrap_or(1.0);
+    if !(top_p > 0.0 && top_p <= 1.0) {
+        return Err(ApiError::invalid(
+            "top_p",
+            format!("top_p must be in (0, 1], got {top_p}"),
+        ));
+    }
+    let n = s.n.unwrap_or(1);
+    if !(1..=i64::from(MAX_N)).contains(&n) {
+        return Err(ApiError::invalid(
+            "n",
+            format!("n must be between 1 and {MAX_N}, got {n}"),
+        ));
+    }
+    let stops = s.stop.clone().map(OneOrMany::into_vec).unwrap_or_default();
+    if stops.len() > MAX_STOP_STRINGS {
+        return Err(ApiError::invalid(
+            "stop",
+            format!(
+                "at most {MAX_STOP_STRINGS} stop strings are allowed, got {}",
+                stops.len()
+            ),
+        ));
+    }
+    if stops.iter().any(String::is_empty) {
+        return Err(ApiError::invalid("stop", "stop strings must not be empty"));
+    }
+    let seed = match s.seed {
+        None => None,
+        Some(v) if v >= 0 => Some(v as u64),
+        Some(v) => {
+            return Err(ApiError::invalid(
+                "seed",
+                format!("seed must be >= 0, got {v}"),
+            ))
+        }
+    };
+    let remasking = match &s.remasking {
+        None => defaults.remasking,
+        Some(r) => r
+            .parse::<Remasking>()
+            .map_err(|m| ApiError::invalid("remasking", m))?,
+    };
+    let block_length = match positive("block_length", s.block_length)? {
+        Some(b) => b,
+        None => defaults
+            .block_length
+            .filter(|&b| max_tokens % b == 0)
+            .unwrap_or_else(|| default_block_length(max_tokens)),
+    };
+    let steps = match positive("steps", s.steps)? {
+        Some(steps) => steps,
+        None => default_steps(max_tokens, block_length, defaults),
+    };
+    let parallel = match &s.apd {
+        Some(a) => resolve_apd(a, defaults.parallel)?,
+        None => defaults.parallel,
+    };
+    let mor = match &s.mor {
+        Some(m) => resolve_mor(m, defaults.mor)?,
+        None => defaults.mor,
+    };
+    let kv_cache = match &s.kv_cache {
+        Some(k) => k
+            .parse::<KvCacheMode>()
+            .map_err(|m| ApiError::invalid("kv_cache", m))?,
+        None => defaults.kv_cache,
+    };
+    let top_k = match s.top_k {
+        None | Some(-1) | Some(0) => 0,
+        Some(k) if k > 0 => k as usize,
+        Some(k) => {
+            return Err(ApiError::invalid(
+                "top_k",
+                format!("top_k must be -1, 0 (off) or positive, got {k}"),
+            ))
+        }
+    };
+    let stop_token_ids = s
+        .stop_token_ids
+        .iter()
+        .flatten()
+        .map(|&id| {
+            u32::try_from(id)
+                .map_err(|_| ApiError::invalid("stop_token_ids", format!("{id} is not a token id")))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let diffusion_fields = [
+        ("steps", s.steps.is_some()),
+        ("block_length", s.block_length.is_some()),
+        ("remasking", s.remasking.is_some()),
+        ("apd", s.apd.is_some()),
+        ("mor", s.mor.is_some()),
+        ("kv_cache", s.kv_cache.is_some()),
+    ]
+    .into_iter()
+    .filter_map(|(name, set)| set.then_some(name))
+    .collect();
+    Ok(Resolved {
+        params: DiffusionParams {
+            gen_length: max_tokens,
+            block_length,
+            steps,
+            remasking,
+            temperature: temperature as f32,
+            top_p: top_p as f32,
+            seed,
+            stop_at_eos: true,
+            parallel,
+            mor,
+            kv_cache,
+        },
+        n: n as usize,
+        stops,
+        top_k,
+        stop_token_ids,
+        ignore_eos: s.ignore_eos.unwrap_or(false),
+        logprobs: None,
+        diffusion_fields,
+    })
+}
+
+/// The deployment's steps-per-token ratio applied to this answer length, rounded to a
+/// whole number of steps per block (at least one, at most one token per step).
+fn default_steps(max_tokens: usize, block_length: usize, defaults: &DecodingDefaults) -> usize {
+    let blocks = (max_tokens / block_length.max(1)).max(1);
+    let wanted = match defaults.steps {
+        Some(steps) => (steps * max_tokens).div_ceil(defaults.gen_length.max(1)),
+        None => max_tokens,
+    };
+    let per_block = wanted.div_ceil(blocks).clamp(1, block_length.max(1));
+    per_block * blocks
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sampling(json: serde_json::Value) -> Sampling {
+        serde_json::from_value(json).unwrap()
+    }
+
+    fn param_of(r: Result<Resolved, ApiError>) -> String {
+        match r {
+            Err(ApiError::InvalidRequest { param, .. }) => param.unwrap_or_default(),
+            other => panic!("expected a 400, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn defaults_fill_the_gaps_and_zero_temperature_is_greedy() {
+        let d = DecodingDefaults::default();
+        let r = resolve(&sampling(serde_json::json!({"temperature": 0})), &d).unwrap();
+        assert_eq!(r.params.temperature, 0.0);
+        assert_eq!(r.params.gen_length, 64);
+        assert_eq!(r.params.block_length, 32);
+        assert_eq!(r.params.steps, 64);
+        assert_eq!(r.n, 1);
+        let r = resolve(
+            &sampling(serde_json::json!({"max_completion_tokens": 10})),
+            &d,
+        )
+        .unwrap();
+        assert_eq!(r.params.gen_length, 10);
+    }
+
+    #[test]
+    fn deployment_steps_scale_with_the_answer_length() {
+        let d = DecodingDefaults {
+            gen_length: 256,
+            steps: Some(64),
+            block_length: Some(32),
+            ..DecodingDefaults::default()
+        };
+        let r = resolve(&sampling(serde_json::json!({"max_tokens": 128})), &d).unwrap();
+        assert_eq!((r.params.block_length, r.params.steps), (32, 32));
+        let r = resolve(&sampling(serde_json::json!({"max_tokens": 10})), &d).unwrap();
+        assert_eq!(
+            r.params.block_length, 10,
+            "32 does not divide 10: one block"
+        );
+        assert_eq!(r.params.steps, 3);
+        r.params.validate(1, 100).unwrap();
+    }
+
+    #[test]
+    fn out_of_range_fields_name_the_param() {
+        let d = DecodingDefaults::default();
+        let bad = |v: serde_json::Value| param_of(resolve(&sampling(v), &d));
+        assert_eq!(bad(serde_json::json!({"temperature": 2.5})), "temperature");
+        assert_eq!(bad(serde_json::json!({"temperature": -0.1})), "temperature");
+        assert_eq!(bad(serde_json::json!({"top_p": 0})), "top_p");
+        assert_eq!(bad(serde_json::json!({"top_p": 1.5})), "top_p");
+        assert_eq!(bad(serde_json::json!({"max_tokens": 0})), "max_tokens");
+        assert_eq!(bad(serde_json::json!({"n": 9})), "n");
+        assert_eq!(bad(serde_json::json!({"n": 0})), "n");
+        assert_eq!(
+            bad(serde_json::json!({"stop": ["a", "b", "c", "d", "e"]})),
+            "stop"
+        );
+        assert_eq!(bad(serde_json::json!({"stop": ""})), "stop");
+        assert_eq!(bad(serde_json::json!({"remasking": "best"})), "remasking");
+        assert_eq!(bad(serde_json::json!({"seed": -1})), "seed");
+    }
+
+    #[test]
+    fn autoregressive_fields_and_kind_checks() {
+        let d = DecodingDefaults::default();
+        let r = resolve(
+            &sampling(serde_json::json!({"top_k": 5, "stop_token_ids": [3], "seed": 1})),
+            &d,
+        )
+        .unwrap();
+        let ar = r.ar_for_choice(1);
+        assert_eq!(
+            (ar.top_k, ar.stop_token_ids, ar.seed),
+            (5, vec![3], Some(2))
+        );
+        assert_eq!(param_of(r.check_kind(true).map(|_| r.clone())), "top_k");
+        assert!(r.check_kind(false).is_ok());
+        let r = resolve(&sampling(serde_json::json!({"block_length": 4})), &d).unwrap();
+        assert_eq!(
+            param_of(r.check_kind(false).map(|_| r.clone())),
+            "block_length"
+        );
+        let bad = |v: serde_json::Value| param_of(resolve(&sampling(v), &d));
+        assert_eq!(bad(serde_json::json!({"top_k": -2})), "top_k");
+        assert_eq!(
+            bad(serde_json::json!({"stop_token_ids": [-1]})),
+            "stop_token_ids"
+        );
+        assert_eq!(completion_logprobs(Some(3)).unwrap(), Some(3));
+        assert!(completion_logprobs(Some(21)).is_err());
+        assert_eq!(chat_logprobs(Some(true), None).unwrap(), Some(0));
+        assert_eq!(chat_logprobs(Some(true), Some(4)).unwrap(), Some(4));
+        assert!(chat_logprobs(None, Some(4)).is_err());
+        assert_eq!(chat_logprobs(Some(false), None).unwrap(), None);
+    }
+
+    #[test]
+    fn choices_get_distinct_seeds() {
+        let r = resolve(
+            &sampling(serde_json::json!({"seed": 7, "n": 2})),
+            &DecodingDefaults::default(),
+        )
+        .unwrap();
+        assert_eq!(r.for_choice(0).seed, Some(7));
+        assert_eq!(r.for_choice(1).seed, Some(8));
+    }
+
+    #[test]
+    fn chat_messages_accept_text_parts_and_reject_others() {
+        let req: ChatRequest = serde_json::from_value(serde_json::json!({
+            "messages": [
+                {"role": "developer", "content": "Be brief."},
+                {"role": "user", "content": [{"type": "text", "text": "Hi"}, {"type": "text", "text": "!"}]}
+            ]
+        }))
+        .unwrap();
+        let msgs = req.chat_messages().unwrap();
+        assert_eq!(msgs[0], ChatMessage::new("system", "Be brief."));
+        assert_eq!(msgs[1], ChatMessage::new("user", "Hi!"));
+        let img: ChatRequest = serde_json::from_value(serde_json::json!({
+            "messages": [{"role": "user", "content": [{"type": "image_url"}]}]
+        }))
+        .unwrap();
+        assert!(img.chat_messages().is_err());
+        let empty: ChatRequest =
+            serde_json::from_value(serde_json::json!({"messages": []})).unwrap();
+        assert!(empty.chat_messages().is_err());
+    }
+}
