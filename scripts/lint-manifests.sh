@@ -74,8 +74,10 @@ if os.path.isfile(".dockerignore"):
             ignored.add(line.strip("/"))
 
 crates = {}
-for toml in glob.glob("*/Cargo.toml"):
-    info = crate(os.path.dirname(toml))
+with open("Cargo.toml", "rb") as f:
+    members = tomllib.load(f).get("workspace", {}).get("members", [])
+for member in members:
+    info = crate(member)
     if info and info[0]:
         crates[info[0]] = info[1]
 all_bins = {b for bins in crates.values() for b in bins}
