@@ -648,7 +648,7 @@ impl Layered {
     }
 
     /// Whether `key` was set by a flag or env variable.
-    fn from_flags(&self, key: &str) -> bool {
+    fn set_by_flag(&self, key: &str) -> bool {
         matches!(self.origin(key), Origin::Flag(_) | Origin::Env(_))
     }
 
@@ -743,7 +743,7 @@ impl DecodingDefaults {
         let fallback = defaults().decoding;
         let (apd, mor) = (&d.apd, &d.mor);
         // The APD rule: a flag's mode decides; else the file's `enabled` (with its mode).
-        let mode = if l.from_flags("decoding.apd.mode") {
+        let mode = if l.set_by_flag("decoding.apd.mode") {
             apd.mode.unwrap_or(ApdMode::Off)
         } else if apd.enabled == Some(true) {
             apd.mode.unwrap_or(ApdMode::Threshold)
@@ -781,7 +781,7 @@ impl DecodingDefaults {
             ),
         ];
         for (key, unused, needs) in unused_apd {
-            if unused && l.from_flags(key) {
+            if unused && l.set_by_flag(key) {
                 return Err(l.invalid(
                     key,
                     format!("has no effect unless APD runs that rule ({needs})"),
@@ -795,7 +795,7 @@ impl DecodingDefaults {
             "decoding.mor.confidence_threshold",
         ];
         if !mor_on {
-            if let Some(key) = mor_keys.iter().find(|k| l.from_flags(k)) {
+            if let Some(key) = mor_keys.iter().find(|k| l.set_by_flag(k)) {
                 return Err(l.invalid(key, "has no effect while MoR is off (add --mor)"));
             }
         }
