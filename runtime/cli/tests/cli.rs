@@ -459,3 +459,78 @@ fn eval_runs_the_apd_verifier_with_the_bundled_autoregressive_model() {
     );
     assert_eq!(rows[1]["answers"].as_array().unwrap().len(), 16);
 }
+
+#[test]
+fn generate_refuses_what_the_api_refuses() {
+    let tmp = tempfile::tempdir().unwrap();
+    demo(tmp.path(), "llada", &[]);
+    let model = tmp.path().to_str().unwrap();
+    let o = dfastllm(&[
+        "generate",
+        "--model",
+        model,
+        "--prompt",
+        "x",
+        "--temperature",
+        "3",
+    ]);
+    assert!(!o.status.success());
+    assert!(
+        stderr_line(&o).starts_with("error: --temperature: must be between 0 and 2"),
+        "{}",
+        stderr_line(&o)
+    );
+}
+
+#[test]
+fn serve_print_config_shows_each_values_origin_and_reads_back() {
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("runtime.toml");
+    std::fs::write(
+        &file,
+        "[server]\nmax_queue = 5\n[decoding.mor]\nenabled = true\nmax_recursions = 4\n",
+    )
+    .unwrap();
+    let file = file.to_str().unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_dfastllm"))
+        .args([
+            "serve",
+            "--config",
+            file,
+            "--port",
+            "7000",
+            "--mor-min-recursions",
+            "1",
+        ])
+        .args(["--print-config"])
+        .env("DFASTLLM_BATCH_WAIT_MS", "3")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(text.contains("port = 7000  # --port\n"), "{text}");
+    assert!(
+        text.contains("batch_wait_ms = 3  # DFASTLLM_BATCH_WAIT_MS\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("max_queue = 5  # {file}\n")),
+        "{text}"
+    );
+    assert!(
+        text.contains("max_recursions = 4  #"),
+        "the file's count survives a MoR flag: {text}"
+    );
+    assert!(
+        text.contains("min_recursions = 1  # --mor-min-recursions\n"),
+        "{text}"
+    );
+    assert!(text.contains("host = \"0.0.0.0\"  # default\n"), "{text}");
+    // The help shows the same defaults table.
+    let help = dfastllm(&["serve", "--help"]);
+    let help = String::from_utf8_lossy(&help.stdout);
+    assert!(
+        help.contains("[default: 256]"),
+        "--max-queue's default: {help}"
+    );
+}

@@ -183,4 +183,22 @@ mod tests {
         }
         assert_eq!(ApiError::invalid("n", "x").body()["error"]["param"], "n");
     }
+
+    #[test]
+    fn broken_invariants_are_500s_without_a_param() {
+        let err = ApiError::from(DecodeError::Internal("a sequence of the wrong kind".into()));
+        assert_eq!(err.status().as_u16(), 500);
+        let body = err.body();
+        assert_eq!(body["error"]["type"], "server_error");
+        assert!(body["error"]["param"].is_null(), "{body}");
+        let user = ApiError::from(DecodeError::InvalidParam {
+            param: "block_length",
+            message: "must divide max_tokens".into(),
+        });
+        assert_eq!(
+            user.status().as_u16(),
+            400,
+            "the request's own fault stays a 400"
+        );
+    }
 }
