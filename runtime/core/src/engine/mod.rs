@@ -28,6 +28,52 @@ pub struct EngineConfig {
     pub batch_wait: Duration,
 }
 
+/// One decoding step for a whole batch: what the scheduler drives. [`LoadedModel`] is
+/// the real one (a forward pass, two when autoregressive prompts join: prefill, then
+/// decode); the engine's tests drive the scheduler with a fake.
+pub trait Stepper {
+    /// Advances every unfinished sequence of `batch` by one step. `cache` holds the
+    /// autoregressive key/value slots: slot i belongs to `batch[i]`, and the scheduler
+    /// keeps the two in step as sequences leave.
+    fn step(&self, batch: &mut [&mut Sequence], cache: &mut CausalCache)
+        -> Result<(), DecodeError>;
+}
+
+impl Stepper for LoadedModel {
+    fn step(
+        &self,
+        batch: &mut [&mut Sequence],
+        cache: &mut CausalCache,
+    ) -> Result<(), DecodeError> {
+        // The server builds sequences for the loaded model's kind only, so a mismatch
+        // is a bug of ours: an internal error, never the request's.
+        let mismatch =
+            || DecodeError::Internal("a sequence of the wrong kind reached the engine".into());
+        match &self.model {
+            Network::Diffusion(m) => {
+                let mut seqs = batch
+                    .iter_mut()
+                    .map(|s| match &mut **s {
+                        Sequence::Diffusion(s) => Ok(s),
+                        Sequence::Autoregressive(_) => Err(mismatch()),
+                    })
+                    .collect::<Result<Vec<_>, _>>()?;
+                step_batch(m.as_ref(), &mut seqs, self.special.pad_id)
+            }
+            Network::Causal(m) => {
+                let mut seqs = batch
+                    .iter_mut()
+                    .map(|s| match &mut **s {
+                        Sequence::Autoregressive(s) => Ok(s),
+                        Sequence::Diffusion(_) => Err(mismatch()),
+                    })
+                    .collect::<Result<Vec<_>, _>>()?;
+                autoregressive::step_batch(m, cache, &mut seqs)
+            }
+        }
+    }
+}
+
 /// What a sequence reports to whoever submitted it.
 #[derive(Debug)]
 pub enum Event {
@@ -178,7 +224,7 @@ fn retain_active(
 
 impl Scheduler {
     /// Serves until every [`EngineHandle`] is dropped and the last sequence finished.
-    pub fn run(self, model: &LoadedModel) {
+    pub fn run<M: Stepper + ?Sized>(self, model: &M) {
         let mut active: Vec<Active> = Vec::new();
         let mut cache = CausalCache::new();
         loop {
@@ -255,41 +301,18 @@ impl Scheduler {
         });
     }
 
-    /// One forward pass (two when autoregressive prompts join: prefill, then decode).
-    fn step(
-        model: &LoadedModel,
-        active: &mut [Active],
+    fn iterate<M: Stepper + ?Sized>(
+        &self,
+        model: &M,
+        active: &mut Vec<Active>,
         cache: &mut CausalCache,
-    ) -> Result<(), DecodeError> {
-        let mismatch =
-            || DecodeError::Internal("a sequence of the wrong kind reached the engine".into());
-        match &model.model {
-            Network::Diffusion(m) => {
-                let mut seqs = active
-                    .iter_mut()
-                    .map(|a| match &mut a.submission.sequence {
-                        Sequence::Diffusion(s) => Ok(s),
-                        Sequence::Autoregressive(_) => Err(mismatch()),
-                    })
-                    .collect::<Result<Vec<_>, _>>()?;
-                step_batch(m.as_ref(), &mut seqs, model.special.pad_id)
-            }
-            Network::Causal(m) => {
-                let mut seqs = active
-                    .iter_mut()
-                    .map(|a| match &mut a.submission.sequence {
-                        Sequence::Autoregressive(s) => Ok(s),
-                        Sequence::Diffusion(_) => Err(mismatch()),
-                    })
-                    .collect::<Result<Vec<_>, _>>()?;
-                autoregressive::step_batch(m, cache, &mut seqs)
-            }
-        }
-    }
-
-    fn iterate(&self, model: &LoadedModel, active: &mut Vec<Active>, cache: &mut CausalCache) {
+    ) {
         self.metrics.batch_size.observe(active.len() as f64);
-        let result = Self::step(model, active, cache);
+        let mut batch: Vec<&mut Sequence> = active
+            .iter_mut()
+            .map(|a| &mut a.submission.sequence)
+            .collect();
+        let result = model.step(&mut batch, cache);
         self.metrics.forward_passes.inc();
         if let Err(e) = result {
             for a in active.drain(..) {
@@ -334,3 +357,6 @@ impl Scheduler {
         });
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,270 @@
+//! The scheduler driven by a fake network: admission, capacity, joining and leaving
+//! between iterations, cancellation, deadlines and failed steps, with no model at all.
+//! Every test runs the scheduler on its own thread to the end (it returns once every
+//! handle is gone and the last sequence finished), then reads the events: no timing.
+
+use std::sync::Mutex;
+
+use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
+
+use super::*;
+use crate::decoding::{ArParams, ArSequence, FinishReason};
+use crate::models::SpecialTokens;
+
+const VOCAB: usize = 8;
+
+/// Commits token `3` to every unfinished autoregressive sequence per step, and records
+/// the batch sizes it saw. At its first step it may submit one more sequence (a request
+/// that arrives while a batch runs) and then drops its handle.
+struct Fake {
+    batches: Mutex<Vec<usize>>,
+    joins: Mutex<Option<(EngineHandle, Submission)>>,
+    fail_at: Option<usize>,
+}
+
+impl Fake {
+    fn new() -> Self {
+        Self {
+            batches: Mutex::new(Vec::new()),
+            joins: Mutex::new(None),
+            fail_at: None,
+        }
+    }
+
+    fn batches(&self) -> Vec<usize> {
+        self.batches.lock().unwrap().clone()
+    }
+}
+
+impl Stepper for Fake {
+    fn step(
+        &self,
+        batch: &mut [&mut Sequence],
+        _cache: &mut CausalCache,
+    ) -> Result<(), DecodeError> {
+        let mut seen = self.batches.lock().unwrap();
+        seen.push(batch.len());
+        if self.fail_at == Some(seen.len()) {
+            return Err(DecodeError::Internal("the fake failed".into()));
+        }
+        if let Some((handle, submission)) = self.joins.lock().unwrap().take() {
+            handle.submit(submission).unwrap();
+        }
+        let mut logits = vec![0.0f32; VOCAB];
+        logits[3] = 10.0;
+        for seq in batch.iter_mut() {
+            match &mut **seq {
+                Sequence::Autoregressive(s) if !s.is_finished() => s.accept(&logits),
+                Sequence::Autoregressive(_) => {}
+                Sequence::Diffusion(_) => unreachable!("the fake serves autoregressive sequences"),
+            }
+        }
+        Ok(())
+    }
+}
+
+fn special() -> SpecialTokens {
+    SpecialTokens {
+        mask_id: crate::models::NO_MASK,
+        eos_ids: vec![7],
+        pad_id: 0,
+    }
+}
+
+fn submission(max_tokens: usize) -> (Submission, UnboundedReceiver<Event>) {
+    let seq = ArSequence::new(&[1, 2], ArParams::greedy(max_tokens), &special(), 64).unwrap();
+    let (events, rx) = unbounded_channel();
+    let s = Submission {
+        sequence: Sequence::Autoregressive(seq),
+        deadline: None,
+        events,
+    };
+    (s, rx)
+}
+
+fn config(max_concurrent_requests: usize) -> EngineConfig {
+    EngineConfig {
+        max_concurrent_requests,
+        max_queue: 8,
+        batch_wait: Duration::ZERO,
+    }
+}
+
+/// The events a finished run left: (progress events, the final event).
+fn drain(rx: &mut UnboundedReceiver<Event>) -> (usize, Option<Event>) {
+    let mut progress = 0;
+    let mut last = None;
+    while let Ok(event) = rx.try_recv() {
+        match event {
+            Event::Progress { .. } => progress += 1,
+            other => last = Some(other),
+        }
+    }
+    (progress, last)
+}
+
+fn done_tokens(event: Option<Event>) -> Vec<u32> {
+    match event {
+        Some(Event::Done(f)) => f.answer.token_ids,
+        other => panic!("expected Done, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_request_arriving_mid_batch_joins_at_the_next_iteration_and_leaves_when_done() {
+    let (handle, scheduler) = engine(config(4), Arc::new(Metrics::new()));
+    let (a, mut a_rx) = submission(4);
+    let (b, mut b_rx) = submission(2);
+    handle.submit(a).unwrap();
+    let fake = Fake::new();
+    *fake.joins.lock().unwrap() = Some((handle, b));
+    scheduler.run(&fake);
+    assert_eq!(
+        fake.batches(),
+        [1, 2, 2, 1],
+        "b joins after a's first step and leaves after its two tokens"
+    );
+    let (a_progress, a_done) = drain(&mut a_rx);
+    assert_eq!(done_tokens(a_done), [3, 3, 3, 3]);
+    assert_eq!(a_progress, 4, "one progress event per settled token");
+    assert_eq!(done_tokens(drain(&mut b_rx).1), [3, 3]);
+}
+
+#[test]
+fn admission_never_exceeds_max_concurrent_requests() {
+    let (handle, scheduler) = engine(config(2), Arc::new(Metrics::new()));
+    let mut rxs = Vec::new();
+    for _ in 0..3 {
+        let (s, rx) = submission(2);
+        handle.submit(s).unwrap();
+        rxs.push(rx);
+    }
+    drop(handle);
+    let fake = Fake::new();
+    scheduler.run(&fake);
+    assert_eq!(
+        fake.batches(),
+        [2, 2, 1, 1],
+        "the third waits for a free place"
+    );
+    for rx in &mut rxs {
+        assert_eq!(done_tokens(drain(rx).1), [3, 3]);
+    }
+}
+
+#[test]
+fn a_full_queue_refuses_and_a_stopped_engine_says_so() {
+    let (handle, scheduler) = engine(
+        EngineConfig {
+            max_queue: 1,
+            ..config(1)
+        },
+        Arc::new(Metrics::new()),
+    );
+    let (first, _rx1) = submission(1);
+    let (second, _rx2) = submission(1);
+    handle.submit(first).unwrap();
+    assert_eq!(handle.waiting(), 1);
+    assert_eq!(handle.submit(second).unwrap_err(), SubmitError::QueueFull);
+    assert_eq!(
+        handle.waiting(),
+        1,
+        "a refused request is not counted as waiting"
+    );
+    drop(scheduler);
+    let (third, _rx3) = submission(1);
+    assert_eq!(handle.submit(third).unwrap_err(), SubmitError::Stopped);
+}
+
+#[test]
+fn a_client_that_went_away_is_dropped_before_its_first_step() {
+    let metrics = Arc::new(Metrics::new());
+    let (handle, scheduler) = engine(config(4), metrics.clone());
+    let (gone, gone_rx) = submission(3);
+    let (kept, mut kept_rx) = submission(1);
+    handle.submit(gone).unwrap();
+    handle.submit(kept).unwrap();
+    drop(gone_rx);
+    drop(handle);
+    let fake = Fake::new();
+    scheduler.run(&fake);
+    assert_eq!(
+        fake.batches(),
+        [1],
+        "only the sequence someone waits for runs"
+    );
+    assert_eq!(metrics.requests_cancelled.get(), 1);
+    assert_eq!(done_tokens(drain(&mut kept_rx).1), [3]);
+}
+
+#[test]
+fn a_passed_deadline_fails_with_timeout_and_frees_its_place() {
+    let (handle, scheduler) = engine(config(4), Arc::new(Metrics::new()));
+    let (mut late, mut late_rx) = submission(3);
+    late.deadline = Some(Instant::now());
+    handle.submit(late).unwrap();
+    drop(handle);
+    let fake = Fake::new();
+    scheduler.run(&fake);
+    assert!(fake.batches().is_empty(), "it never reached a step");
+    assert!(matches!(
+        drain(&mut late_rx).1,
+        Some(Event::Failed(Failure::Timeout))
+    ));
+}
+
+#[test]
+fn a_failed_step_fails_its_batch_and_the_engine_serves_on() {
+    let (handle, scheduler) = engine(config(4), Arc::new(Metrics::new()));
+    let (a, mut a_rx) = submission(3);
+    let (b, mut b_rx) = submission(2);
+    handle.submit(a).unwrap();
+    let fake = Fake {
+        fail_at: Some(2),
+        ..Fake::new()
+    };
+    *fake.joins.lock().unwrap() = Some((handle, b));
+    scheduler.run(&fake);
+    match drain(&mut a_rx).1 {
+        Some(Event::Failed(Failure::Model(m))) => assert!(m.contains("the fake failed"), "{m}"),
+        other => panic!("expected the step's failure, got {other:?}"),
+    }
+    assert!(
+        matches!(drain(&mut b_rx).1, Some(Event::Failed(Failure::Model(_)))),
+        "every sequence of the failed batch hears of it"
+    );
+    assert_eq!(fake.batches(), [1, 2]);
+}
+
+#[test]
+fn a_sequence_ending_at_eos_reports_stop() {
+    let (handle, scheduler) = engine(config(1), Arc::new(Metrics::new()));
+    let (s, mut rx) = submission(4);
+    handle.submit(s).unwrap();
+    drop(handle);
+    struct Eos;
+    impl Stepper for Eos {
+        fn step(
+            &self,
+            batch: &mut [&mut Sequence],
+            _: &mut CausalCache,
+        ) -> Result<(), DecodeError> {
+            let mut logits = vec![0.0f32; VOCAB];
+            logits[7] = 10.0;
+            for seq in batch.iter_mut() {
+                if let Sequence::Autoregressive(s) = &mut **seq {
+                    s.accept(&logits);
+                }
+            }
+            Ok(())
+        }
+    }
+    scheduler.run(&Eos);
+    match drain(&mut rx).1 {
+        Some(Event::Done(f)) => {
+            assert_eq!(f.answer.finish_reason, FinishReason::Stop);
+            assert!(f.answer.token_ids.is_empty());
+        }
+        other => panic!("expected Done, got {other:?}"),
+    }
+}
