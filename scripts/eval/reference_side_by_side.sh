@@ -22,7 +22,7 @@ PY=$(scripts/parity/venv.sh | tail -n1)
 limit_flag=()
 [[ $LIMIT -gt 0 ]] && limit_flag=(--limit "$LIMIT")
 target/release/dfastllm --threads "$THREADS" eval --model "$MODEL" --data "$DATA" \
-  --strategies baseline --kv-cache none --gen-length "$GEN" --block-length "$BLOCK" \
+  --strategies baseline --kv-cache none --max-tokens "$GEN" --block-length "$BLOCK" \
   "${limit_flag[@]}" --json >"$OUT/ours.json"
 "$PY" scripts/parity/reference.py eval --arch llada --model "$MODEL" --data "$DATA" \
   --gen-length "$GEN" --block-length "$BLOCK" --threads "$THREADS" --limit "$LIMIT" >"$OUT/ref.json"

@@ -480,6 +480,15 @@ fn generate_refuses_what_the_api_refuses() {
         "{}",
         stderr_line(&o)
     );
+    // The kind decides which knobs apply, in one place for the CLI and the API.
+    let o = dfastllm(&[
+        "generate", "--model", model, "--prompt", "x", "--top-k", "3",
+    ]);
+    assert!(!o.status.success());
+    assert_eq!(
+        stderr_line(&o),
+        "error: --top-k: top_k is not supported by diffusion models"
+    );
 }
 
 #[test]

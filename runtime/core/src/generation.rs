@@ -8,11 +8,8 @@ use std::time::Instant;
 use candle_core::Device;
 use serde::Serialize;
 
-use crate::decoding::{
-    self, autoregressive, Answer, ArParams, ArSequence, DecodeError, DiffusionParams,
-    DiffusionSequence, FinishReason,
-};
-use crate::models::{self, DTypeChoice, LoadedModel, ModelError, Network};
+use crate::decoding::{run_to_end, DecodeError, FinishReason, SamplingParams, Sequence};
+use crate::models::{self, DTypeChoice, LoadedModel, ModelError};
 use crate::tokenizer::{ChatMessage, TextTokenizer, TokenizerError};
 
 #[derive(Debug, thiserror::Error)]
@@ -56,14 +53,7 @@ pub struct Generator {
 
 impl Generator {
     pub fn load(dir: &Path, device: &Device, dtype: DTypeChoice) -> Result<Self, GenerationError> {
-        let mut model = models::load(dir, device, dtype)?;
-        let tokenizer = TextTokenizer::load(dir)?;
-        // A chat answer ends at the template's end-of-turn token as well as at EOS.
-        for id in tokenizer.end_of_turn_ids() {
-            if !model.special.eos_ids.contains(&id) && id != model.special.mask_id {
-                model.special.eos_ids.push(id);
-            }
-        }
+        let (model, tokenizer) = models::load_checkpoint(dir, device, dtype)?;
         Ok(Self { model, tokenizer })
     }
 
@@ -80,7 +70,7 @@ impl Generator {
 
     /// Checks token ids against the model's vocabulary before they reach an embedding.
     fn check_ids(&self, ids: &[u32]) -> Result<(), GenerationError> {
-        let vocab = self.model.model.vocab_size();
+        let vocab = self.model.network.vocab_size();
         if let Some(bad) = ids.iter().find(|&&id| id as usize >= vocab) {
             return Err(DecodeError::InvalidParam {
                 param: "prompt",
@@ -91,29 +81,23 @@ impl Generator {
         Ok(())
     }
 
-    /// Generates with a diffusion model, or with an autoregressive one from `ar` (the
-    /// diffusion-only knobs do not apply to it).
+    /// Generates one answer with the sampler of the model's kind.
     pub fn generate(
         &self,
         prompt: &Prompt,
-        params: DiffusionParams,
-        ar: ArParams,
+        params: &SamplingParams,
     ) -> Result<GenerationOutput, GenerationError> {
         let prompt_ids = self.prompt_ids(prompt)?;
         self.check_ids(&prompt_ids)?;
         let start = Instant::now();
-        let special = &self.model.special;
-        let max_context = self.model.model.max_context();
-        let answer: Answer = match &self.model.model {
-            Network::Diffusion(m) => {
-                let mut seq = DiffusionSequence::new(&prompt_ids, params, special, max_context)?;
-                decoding::generate(m.as_ref(), &mut seq, special.pad_id)?
-            }
-            Network::Causal(m) => {
-                let mut seq = ArSequence::new(&prompt_ids, ar, special, max_context)?;
-                autoregressive::generate(m, &mut seq)?
-            }
-        };
+        let mut seq = Sequence::new(
+            self.model.network.kind(),
+            &prompt_ids,
+            params,
+            &self.model.special,
+            self.model.network.max_context(),
+        )?;
+        let answer = run_to_end(&self.model, &mut seq)?;
         let text = self.tokenizer.decode(&answer.token_ids)?;
         Ok(GenerationOutput {
             text,

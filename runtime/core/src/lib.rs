@@ -13,7 +13,6 @@
 //! model into one call for the CLI and eval; `demo` writes tiny random checkpoints in the
 //! real upstream layouts for tests and demos; `metrics` holds the Prometheus series that
 //! the engine and the server both update.
-
 pub mod decoding;
 pub mod demo;
 pub mod device;
@@ -21,4 +20,5 @@ pub mod engine;
 pub mod generation;
 pub mod metrics;
 pub mod models;
+pub mod names;
 pub mod tokenizer;

@@ -50,7 +50,7 @@ fn batched_decoding_with_joins_and_leaves_matches_decoding_alone() {
     ];
     for arch in CAUSAL {
         let (_dir, m) = demo(arch);
-        let model = m.model.causal().unwrap();
+        let model = m.network.causal().unwrap();
         let new = |i: usize| {
             let (p, n) = prompts[i];
             ArSequence::new(p, params(n), &m.special, model.max_context()).unwrap()
@@ -110,7 +110,7 @@ fn batched_decoding_with_joins_and_leaves_matches_decoding_alone() {
 fn incremental_logits_match_a_full_pass() {
     for arch in CAUSAL {
         let (_dir, m) = demo(arch);
-        let model = m.model.causal().unwrap();
+        let model = m.network.causal().unwrap();
         let tokens: Vec<u32> = (0..40).map(|i| (i * 37 + 11) % 250).collect();
         let full = model.forward_full(&[&tokens]).unwrap().get(0).unwrap();
         let mut cache = CausalCache::new();
@@ -136,7 +136,7 @@ fn incremental_logits_match_a_full_pass() {
 #[test]
 fn context_overflow_is_an_error_not_a_panic() {
     let (_dir, m) = demo(Architecture::Gpt2);
-    let model = m.model.causal().unwrap();
+    let model = m.network.causal().unwrap();
     let long: Vec<u32> = vec![1; 129];
     let mut cache = CausalCache::new();
     let err = model.step(&mut cache, 0, &[&long], false).unwrap_err();

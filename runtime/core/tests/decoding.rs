@@ -5,7 +5,7 @@ mod common;
 use candle_core::{DType, Device};
 use common::max_diff;
 use dfastllm_core::decoding::{
-    generate, step_batch, DiffusionParams, DiffusionSequence, KvCacheMode, Parallel, Remasking,
+    generate, step_batch, CommitRule, DiffusionParams, DiffusionSequence, KvCacheMode, Remasking,
 };
 use dfastllm_core::demo::{write_demo_model, DemoDType, DemoSpec};
 use dfastllm_core::models::{self, Architecture, Batch, DTypeChoice, LoadedModel};
@@ -40,13 +40,13 @@ fn cached_passes_agree_with_the_full_pass_on_a_blocks_first_step() {
             Batch::left_padded(&[&row], m.special.pad_id, &Device::Cpu, DType::F32).unwrap();
         for block in [9..13, 13..17, 5..9] {
             let full = m
-                .model
+                .network
                 .diffusion()
                 .unwrap()
                 .forward(&batch, Some(block.clone()))
                 .unwrap();
             let (captured, cache) = m
-                .model
+                .network
                 .diffusion()
                 .unwrap()
                 .forward_capture(&batch, block.clone())
@@ -57,7 +57,7 @@ fn cached_passes_agree_with_the_full_pass_on_a_blocks_first_step() {
             );
             for mode in [KvCacheMode::Prefix, KvCacheMode::Dual] {
                 let cached = m
-                    .model
+                    .network
                     .diffusion()
                     .unwrap()
                     .forward_cached(&batch, &cache, block.clone(), mode)
@@ -79,7 +79,7 @@ fn cached_decoding_batches_sequences_of_different_lengths() {
         for mode in [KvCacheMode::None, KvCacheMode::Prefix, KvCacheMode::Dual] {
             let p = DiffusionParams {
                 kv_cache: mode,
-                parallel: Parallel::Threshold {
+                commit: CommitRule::Threshold {
                     threshold: 0.9,
                     max_parallel: 4,
                 },
@@ -90,7 +90,7 @@ fn cached_decoding_batches_sequences_of_different_lengths() {
             let mut b = DiffusionSequence::new(&[4, 5, 6, 7, 8], p, &m.special, 1024).unwrap();
             while !(a.is_finished() && b.is_finished()) {
                 step_batch(
-                    m.model.diffusion().unwrap(),
+                    m.network.diffusion().unwrap(),
                     &mut [&mut a, &mut b],
                     m.special.pad_id,
                 )
@@ -117,10 +117,15 @@ fn logits_window_equals_the_full_forward() {
             DType::F32,
         )
         .unwrap();
-        let full = m.model.diffusion().unwrap().forward(&batch, None).unwrap();
+        let full = m
+            .network
+            .diffusion()
+            .unwrap()
+            .forward(&batch, None)
+            .unwrap();
         for window in [0..6, 0..1, 2..5, 5..6] {
             let part = m
-                .model
+                .network
                 .diffusion()
                 .unwrap()
                 .forward(&batch, Some(window.clone()))
@@ -142,11 +147,16 @@ fn padded_rows_compute_what_they_compute_alone() {
         let long: &[u32] = &[1, 2, 3, 4, 5, 6, 7];
         let batch =
             Batch::left_padded(&[long, short], m.special.pad_id, &Device::Cpu, DType::F32).unwrap();
-        let together = m.model.diffusion().unwrap().forward(&batch, None).unwrap();
+        let together = m
+            .network
+            .diffusion()
+            .unwrap()
+            .forward(&batch, None)
+            .unwrap();
         let alone_batch =
             Batch::left_padded(&[short], m.special.pad_id, &Device::Cpu, DType::F32).unwrap();
         let alone = m
-            .model
+            .network
             .diffusion()
             .unwrap()
             .forward(&alone_batch, None)
@@ -172,7 +182,7 @@ fn batched_decoding_gives_the_same_answers_as_one_at_a_time() {
             .zip(&configs)
             .map(|(p, c)| {
                 let mut s = DiffusionSequence::new(p, c.clone(), &m.special, 1024).unwrap();
-                generate(m.model.diffusion().unwrap(), &mut s, m.special.pad_id)
+                generate(m.network.diffusion().unwrap(), &mut s, m.special.pad_id)
                     .unwrap()
                     .raw_ids
             })
@@ -185,7 +195,7 @@ fn batched_decoding_gives_the_same_answers_as_one_at_a_time() {
         let mut iterations = 0;
         while seqs.iter().any(|s| !s.is_finished()) {
             let mut refs: Vec<&mut DiffusionSequence> = seqs.iter_mut().collect();
-            step_batch(m.model.diffusion().unwrap(), &mut refs, m.special.pad_id).unwrap();
+            step_batch(m.network.diffusion().unwrap(), &mut refs, m.special.pad_id).unwrap();
             iterations += 1;
         }
         assert_eq!(
@@ -213,7 +223,7 @@ fn sampling_is_reproducible_with_a_seed() {
             ..params(32, 8, 16)
         };
         let mut s = DiffusionSequence::new(&[1, 2, 3], p, &m.special, 1024).unwrap();
-        generate(m.model.diffusion().unwrap(), &mut s, m.special.pad_id)
+        generate(m.network.diffusion().unwrap(), &mut s, m.special.pad_id)
             .unwrap()
             .raw_ids
     };
@@ -241,7 +251,7 @@ fn sampling_is_reproducible_with_a_seed() {
             1024,
         )
         .unwrap();
-        generate(m.model.diffusion().unwrap(), &mut s, m.special.pad_id)
+        generate(m.network.diffusion().unwrap(), &mut s, m.special.pad_id)
             .unwrap()
             .raw_ids
     };
@@ -263,13 +273,13 @@ fn sharded_and_half_precision_checkpoints_load() {
     assert!(dir.path().join("model-00003-of-00003.safetensors").exists());
     let batch = Batch::left_padded(&[&[5, 6, 7, 8]], 0, &Device::Cpu, DType::F32).unwrap();
     let a = single
-        .model
+        .network
         .diffusion()
         .unwrap()
         .forward(&batch, None)
         .unwrap();
     let b = sharded
-        .model
+        .network
         .diffusion()
         .unwrap()
         .forward(&batch, None)
@@ -295,7 +305,7 @@ fn sharded_and_half_precision_checkpoints_load() {
         let half = models::load(dir.path(), &Device::Cpu, choice).unwrap();
         let batch_h = Batch::left_padded(&[&[5, 6, 7, 8]], 0, &Device::Cpu, half.dtype).unwrap();
         let h = half
-            .model
+            .network
             .diffusion()
             .unwrap()
             .forward(&batch_h, None)

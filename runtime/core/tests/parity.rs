@@ -63,7 +63,7 @@ fn check_logits(arch: &str) -> f32 {
         let mask: Vec<u8> = case.attention_mask.concat();
         let batch = Batch::from_mask(&ids, &mask, b, t, &Device::Cpu, DType::F32).unwrap();
         let ours = model
-            .model
+            .network
             .diffusion()
             .unwrap()
             .forward(&batch, None)
@@ -103,11 +103,11 @@ fn check_generation(arch: &str) {
             &case.prompt_ids,
             params.clone(),
             &model.special,
-            model.model.max_context(),
+            model.network.max_context(),
         )
         .unwrap();
         let answer = generate(
-            model.model.diffusion().unwrap(),
+            model.network.diffusion().unwrap(),
             &mut seq,
             model.special.pad_id,
         )
@@ -124,11 +124,11 @@ fn check_generation(arch: &str) {
             &case.prompt_ids,
             stop,
             &model.special,
-            model.model.max_context(),
+            model.network.max_context(),
         )
         .unwrap();
         let early = generate(
-            model.model.diffusion().unwrap(),
+            model.network.diffusion().unwrap(),
             &mut seq,
             model.special.pad_id,
         )
@@ -186,7 +186,7 @@ fn check_causal(model_dir: &Path, fixture: &Path) -> f32 {
     let fixture: ArFixture =
         serde_json::from_str(&std::fs::read_to_string(fixture).unwrap()).unwrap();
     let loaded = models::load(model_dir, &Device::Cpu, DTypeChoice::F32).unwrap();
-    let model = loaded.model.causal().expect("an autoregressive model");
+    let model = loaded.network.causal().expect("an autoregressive model");
     let mut worst = 0f32;
     for row in &fixture.rows {
         let logits = model.forward_full(&[&row.input_ids]).unwrap();

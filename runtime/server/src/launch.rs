@@ -14,7 +14,7 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-use dfastllm_core::decoding::{ArParams, DiffusionParams};
+use dfastllm_core::decoding::SamplingParams;
 use dfastllm_core::device;
 use dfastllm_core::engine::{engine, EngineConfig, Scheduler};
 use dfastllm_core::generation::{Generator, Prompt};
@@ -151,11 +151,7 @@ fn load_and_schedule(
         }
         let warmup = Prompt::Text("warm up".into());
         generator
-            .generate(
-                &warmup,
-                DiffusionParams::with_defaults(8),
-                ArParams::greedy(8),
-            )
+            .generate(&warmup, &SamplingParams::with_defaults(8))
             .map_err(|e| format!("warm-up generation: {e}"))?;
         Ok((generator, device))
     })();
@@ -180,7 +176,7 @@ fn load_and_schedule(
     state.set_ready(ModelInfo {
         tokenizer,
         special: model.special.clone(),
-        max_context: model.model.max_context(),
+        max_context: model.network.max_context(),
         architecture: model.architecture,
         device: device.clone(),
     });

@@ -9,7 +9,8 @@ use crate::config::{
 };
 use dfastllm_core::decoding::autoregressive::MAX_TOP_LOGPROBS;
 use dfastllm_core::decoding::{
-    default_block_length, ArParams, DiffusionParams, KvCacheMode, Mor, Parallel, Remasking,
+    default_block_length, ArKnobs, CommitRule, DiffusionKnobs, KvCacheMode, Mor, Remasking,
+    SamplingParams,
 };
 use dfastllm_core::tokenizer::ChatMessage;
 
@@ -78,18 +79,18 @@ pub struct MorRequest {
 }
 
 /// The request's APD over the deployment's: unset fields keep the deployment's values.
-fn resolve_apd(req: &ApdRequest, default: Parallel) -> Result<Parallel, ApiError> {
+fn resolve_apd(req: &ApdRequest, default: CommitRule) -> Result<CommitRule, ApiError> {
     let (d_threshold, d_factor, d_max) = match default {
-        Parallel::Schedule | Parallel::Verifier { .. } => (
+        CommitRule::Schedule | CommitRule::Verifier { .. } => (
             DEFAULT_APD_THRESHOLD as f32,
             DEFAULT_APD_FACTOR as f32,
             DEFAULT_MAX_PARALLEL,
         ),
-        Parallel::Threshold {
+        CommitRule::Threshold {
             threshold,
             max_parallel,
         } => (threshold, DEFAULT_APD_FACTOR as f32, max_parallel),
-        Parallel::Factor {
+        CommitRule::Factor {
             factor,
             max_parallel,
         } => (DEFAULT_APD_THRESHOLD as f32, factor, max_parallel),
@@ -105,16 +106,16 @@ fn resolve_apd(req: &ApdRequest, default: Parallel) -> Result<Parallel, ApiError
         }
     };
     let mode = req.mode.as_deref().unwrap_or(match default {
-        Parallel::Factor { .. } => "factor",
+        CommitRule::Factor { .. } => "factor",
         _ => "threshold",
     });
     match mode {
-        "off" => Ok(Parallel::Schedule),
-        "threshold" => Ok(Parallel::Threshold {
+        "off" => Ok(CommitRule::Schedule),
+        "threshold" => Ok(CommitRule::Threshold {
             threshold: req.threshold.map_or(d_threshold, |t| t as f32),
             max_parallel,
         }),
-        "factor" => Ok(Parallel::Factor {
+        "factor" => Ok(CommitRule::Factor {
             factor: req.factor.map_or(d_factor, |f| f as f32),
             max_parallel,
         }),
@@ -269,70 +270,12 @@ impl ChatRequest {
     }
 }
 
-/// Validated sampling: decoding parameters for each of `n` choices plus stop strings.
+/// Validated sampling: the decoding parameters of every choice, `n`, and stop strings.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Resolved {
-    pub params: DiffusionParams,
+    pub sampling: SamplingParams,
     pub n: usize,
     pub stops: Vec<String>,
-    pub top_k: usize,
-    pub stop_token_ids: Vec<u32>,
-    pub ignore_eos: bool,
-    /// Alternatives per token when log-probabilities were asked for.
-    pub logprobs: Option<usize>,
-    /// Diffusion-only fields the request set (autoregressive models refuse them).
-    pub diffusion_fields: Vec<&'static str>,
-}
-
-impl Resolved {
-    /// Parameters of choice `index`: seeded runs give each choice its own seed.
-    pub fn for_choice(&self, index: usize) -> DiffusionParams {
-        DiffusionParams {
-            seed: self.params.seed.map(|s| s.wrapping_add(index as u64)),
-            ..self.params.clone()
-        }
-    }
-
-    /// The autoregressive sampler's parameters of choice `index`.
-    pub fn ar_for_choice(&self, index: usize) -> ArParams {
-        ArParams {
-            max_tokens: self.params.gen_length,
-            temperature: self.params.temperature,
-            top_p: self.params.top_p,
-            top_k: self.top_k,
-            seed: self.params.seed.map(|s| s.wrapping_add(index as u64)),
-            stop_token_ids: self.stop_token_ids.clone(),
-            ignore_eos: self.ignore_eos,
-            logprobs: self.logprobs,
-        }
-    }
-
-    /// Refuses fields the served model's kind cannot honour, naming the first one.
-    pub fn check_kind(&self, diffusion: bool) -> Result<(), ApiError> {
-        let refuse = |param: &str, what: &str| {
-            Err(ApiError::invalid(
-                param,
-                format!("{param} is not supported by {what} models"),
-            ))
-        };
-        if diffusion {
-            if self.logprobs.is_some() {
-                return refuse("logprobs", "diffusion");
-            }
-            if self.top_k > 0 {
-                return refuse("top_k", "diffusion");
-            }
-            if !self.stop_token_ids.is_empty() {
-                return refuse("stop_token_ids", "diffusion");
-            }
-            if self.ignore_eos {
-                return refuse("ignore_eos", "diffusion");
-            }
-        } else if let Some(field) = self.diffusion_fields.first() {
-            return refuse(field, "autoregressive");
-        }
-        Ok(())
-    }
 }
 
 /// `logprobs` of /v1/completions: an alternative count, 0 to [`MAX_TOP_LOGPROBS`].
@@ -448,9 +391,9 @@ pub fn resolve(s: &Sampling, defaults: &DecodingDefaults) -> Result<Resolved, Ap
         Some(steps) => steps,
         None => default_steps(max_tokens, block_length, defaults),
     };
-    let parallel = match &s.apd {
-        Some(a) => resolve_apd(a, defaults.parallel)?,
-        None => defaults.parallel,
+    let commit = match &s.apd {
+        Some(a) => resolve_apd(a, defaults.commit)?,
+        None => defaults.commit,
     };
     let mor = match &s.mor {
         Some(m) => resolve_mor(m, defaults.mor)?,
@@ -493,26 +436,30 @@ pub fn resolve(s: &Sampling, defaults: &DecodingDefaults) -> Result<Resolved, Ap
     .filter_map(|(name, set)| set.then_some(name))
     .collect();
     Ok(Resolved {
-        params: DiffusionParams {
-            gen_length: max_tokens,
-            block_length,
-            steps,
-            remasking,
+        sampling: SamplingParams {
+            max_tokens,
             temperature: temperature as f32,
             top_p: top_p as f32,
             seed,
-            stop_at_eos: true,
-            parallel,
-            mor,
-            kv_cache,
+            diffusion: DiffusionKnobs {
+                block_length,
+                steps,
+                remasking,
+                stop_at_eos: true,
+                commit,
+                mor,
+                kv_cache,
+                set_by_caller: diffusion_fields,
+            },
+            autoregressive: ArKnobs {
+                top_k,
+                stop_token_ids,
+                ignore_eos: s.ignore_eos.unwrap_or(false),
+                logprobs: None,
+            },
         },
         n: n as usize,
         stops,
-        top_k,
-        stop_token_ids,
-        ignore_eos: s.ignore_eos.unwrap_or(false),
-        logprobs: None,
-        diffusion_fields,
     })
 }
 
@@ -531,6 +478,7 @@ fn default_steps(max_tokens: usize, block_length: usize, defaults: &DecodingDefa
 #[cfg(test)]
 mod tests {
     use super::*;
+    use dfastllm_core::models::ModelKind;
 
     fn sampling(json: serde_json::Value) -> Sampling {
         serde_json::from_value(json).unwrap()
@@ -547,17 +495,17 @@ mod tests {
     fn defaults_fill_the_gaps_and_zero_temperature_is_greedy() {
         let d = DecodingDefaults::default();
         let r = resolve(&sampling(serde_json::json!({"temperature": 0})), &d).unwrap();
-        assert_eq!(r.params.temperature, 0.0);
-        assert_eq!(r.params.gen_length, 64);
-        assert_eq!(r.params.block_length, 32);
-        assert_eq!(r.params.steps, 64);
+        assert_eq!(r.sampling.temperature, 0.0);
+        assert_eq!(r.sampling.max_tokens, 64);
+        assert_eq!(r.sampling.diffusion.block_length, 32);
+        assert_eq!(r.sampling.diffusion.steps, 64);
         assert_eq!(r.n, 1);
         let r = resolve(
             &sampling(serde_json::json!({"max_completion_tokens": 10})),
             &d,
         )
         .unwrap();
-        assert_eq!(r.params.gen_length, 10);
+        assert_eq!(r.sampling.max_tokens, 10);
     }
 
     #[test]
@@ -569,14 +517,17 @@ mod tests {
             ..DecodingDefaults::default()
         };
         let r = resolve(&sampling(serde_json::json!({"max_tokens": 128})), &d).unwrap();
-        assert_eq!((r.params.block_length, r.params.steps), (32, 32));
+        let knobs = |r: &Resolved| {
+            (
+                r.sampling.diffusion.block_length,
+                r.sampling.diffusion.steps,
+            )
+        };
+        assert_eq!(knobs(&r), (32, 32));
         let r = resolve(&sampling(serde_json::json!({"max_tokens": 10})), &d).unwrap();
-        assert_eq!(
-            r.params.block_length, 10,
-            "32 does not divide 10: one block"
-        );
-        assert_eq!(r.params.steps, 3);
-        r.params.validate(1, 100).unwrap();
+        assert_eq!(knobs(&r).0, 10, "32 does not divide 10: one block");
+        assert_eq!(knobs(&r).1, 3);
+        r.sampling.diffusion_params().validate(1, 100).unwrap();
     }
 
     #[test]
@@ -607,16 +558,22 @@ mod tests {
             &d,
         )
         .unwrap();
-        let ar = r.ar_for_choice(1);
+        let ar = r.sampling.for_choice(1).ar_params();
         assert_eq!(
             (ar.top_k, ar.stop_token_ids, ar.seed),
             (5, vec![3], Some(2))
         );
-        assert_eq!(param_of(r.check_kind(true).map(|_| r.clone())), "top_k");
-        assert!(r.check_kind(false).is_ok());
+        let check_kind = |r: &Resolved, kind| {
+            r.sampling
+                .check_kind(kind)
+                .map(|_| r.clone())
+                .map_err(ApiError::from)
+        };
+        assert_eq!(param_of(check_kind(&r, ModelKind::Diffusion)), "top_k");
+        assert!(check_kind(&r, ModelKind::Autoregressive).is_ok());
         let r = resolve(&sampling(serde_json::json!({"block_length": 4})), &d).unwrap();
         assert_eq!(
-            param_of(r.check_kind(false).map(|_| r.clone())),
+            param_of(check_kind(&r, ModelKind::Autoregressive)),
             "block_length"
         );
         let bad = |v: serde_json::Value| param_of(resolve(&sampling(v), &d));
@@ -640,8 +597,8 @@ mod tests {
             &DecodingDefaults::default(),
         )
         .unwrap();
-        assert_eq!(r.for_choice(0).seed, Some(7));
-        assert_eq!(r.for_choice(1).seed, Some(8));
+        assert_eq!(r.sampling.for_choice(0).seed, Some(7));
+        assert_eq!(r.sampling.for_choice(1).seed, Some(8));
     }
 
     #[test]

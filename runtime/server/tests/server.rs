@@ -110,7 +110,7 @@ async fn start(mode: EngineMode, tweak: impl FnOnce(&mut RuntimeConfig)) -> Stac
     state.set_ready(ModelInfo {
         tokenizer,
         special: model.special.clone(),
-        max_context: model.model.max_context(),
+        max_context: model.network.max_context(),
         architecture: model.architecture,
         device: candle_core::Device::Cpu,
     });

@@ -54,7 +54,7 @@ pub fn generate(
     device: &Device,
     b: GenerateBench,
 ) -> Result<Value, BenchError> {
-    let Some(model) = loaded.model.causal() else {
+    let Some(model) = loaded.network.causal() else {
         return Err(BenchError::NotAutoregressive(loaded.architecture));
     };
     let prompts: Vec<Vec<u32>> = (0..b.batch)
@@ -124,7 +124,7 @@ pub fn forward(
         .map_err(tensor("building the batch"))?;
     let run = || -> Result<f64, candle_core::Error> {
         let start = Instant::now();
-        let logits = match &loaded.model {
+        let logits = match &loaded.network {
             Network::Diffusion(m) => m.forward(&batch, None)?,
             Network::Causal(m) => m.forward_full(&rows)?,
         };

@@ -10,7 +10,7 @@ use std::time::Instant;
 use serde::Serialize;
 
 use dfastllm_core::decoding::{
-    step_batch, verifier, DiffusionParams, DiffusionSequence, KvCacheMode, Mor, Parallel,
+    step_batch, verifier, CommitRule, DiffusionParams, DiffusionSequence, KvCacheMode, Mor,
 };
 use dfastllm_core::generation::{GenerationError, Generator};
 use dfastllm_core::models::causal::CausalModel;
@@ -122,13 +122,13 @@ pub fn strategy_configs(
                 None if name == "mor" => ("baseline", true),
                 None => (name.as_str(), false),
             };
-            let parallel = match rule {
-                "baseline" => Parallel::Schedule,
-                "threshold" => Parallel::Threshold {
+            let commit = match rule {
+                "baseline" => CommitRule::Schedule,
+                "threshold" => CommitRule::Threshold {
                     threshold: knobs.apd_threshold,
                     max_parallel: knobs.apd_max_parallel,
                 },
-                "factor" => Parallel::Factor {
+                "factor" => CommitRule::Factor {
                     factor: knobs.apd_factor,
                     max_parallel: knobs.apd_max_parallel,
                 },
@@ -139,7 +139,7 @@ pub fn strategy_configs(
                     if kv_cache != KvCacheMode::None {
                         continue;
                     }
-                    Parallel::Verifier {
+                    CommitRule::Verifier {
                         mix: knobs.apd_mix,
                         max_lookahead: knobs.apd_max_lookahead,
                     }
@@ -149,7 +149,7 @@ pub fn strategy_configs(
             configs.push(Config {
                 name: format!("{name}/{kv_cache}"),
                 params: DiffusionParams {
-                    parallel,
+                    commit,
                     mor: with_mor.then_some(knobs.mor),
                     kv_cache,
                     ..base.clone()
@@ -199,7 +199,7 @@ pub fn run(
         .map_err(GenerationError::from)?;
     let model = generator
         .model
-        .model
+        .network
         .diffusion()
         .ok_or(EvalError::NotDiffusion(generator.model.architecture))?;
     let special = &generator.model.special;
@@ -209,7 +209,7 @@ pub fn run(
         let mut answers = Vec::with_capacity(examples.len());
         let mut passes = 0usize;
         let mut decoded = 0usize;
-        let uses_verifier = matches!(config.params.parallel, Parallel::Verifier { .. });
+        let uses_verifier = matches!(config.params.commit, CommitRule::Verifier { .. });
         let chunk_size = if uses_verifier { 1 } else { batch.max(1) };
         for chunk in prompts.chunks(chunk_size) {
             let mut seqs = chunk
@@ -283,13 +283,13 @@ pub fn run(
 }
 
 fn describe_apd(p: &DiffusionParams) -> String {
-    match p.parallel {
-        dfastllm_core::decoding::Parallel::Schedule => format!("steps {}", p.steps),
-        dfastllm_core::decoding::Parallel::Threshold { threshold, .. } => {
+    match p.commit {
+        dfastllm_core::decoding::CommitRule::Schedule => format!("steps {}", p.steps),
+        dfastllm_core::decoding::CommitRule::Threshold { threshold, .. } => {
             format!("threshold {threshold}")
         }
-        dfastllm_core::decoding::Parallel::Factor { factor, .. } => format!("factor {factor}"),
-        dfastllm_core::decoding::Parallel::Verifier { mix, max_lookahead } => {
+        dfastllm_core::decoding::CommitRule::Factor { factor, .. } => format!("factor {factor}"),
+        dfastllm_core::decoding::CommitRule::Verifier { mix, max_lookahead } => {
             format!("verifier mix {mix}, lookahead {max_lookahead}")
         }
     }
@@ -378,16 +378,16 @@ mod tests {
         );
         let t = &configs[1].params;
         assert_eq!(
-            t.parallel,
-            Parallel::Threshold {
+            t.commit,
+            CommitRule::Threshold {
                 threshold: 0.8,
                 max_parallel: 4
             }
         );
         assert!(t.mor.is_some() && configs[0].params.mor.is_none());
         assert_eq!(
-            configs[2].params.parallel,
-            Parallel::Schedule,
+            configs[2].params.commit,
+            CommitRule::Schedule,
             "mor alone is baseline + MoR"
         );
         assert_eq!(configs[4].params.kv_cache, KvCacheMode::Dual);

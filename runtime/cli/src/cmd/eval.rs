@@ -37,8 +37,13 @@ pub struct EvalArgs {
         default_value = "none,dual"
     )]
     kv_cache: Vec<KvCacheMode>,
-    /// Answer region in tokens.
-    #[arg(long, env = "DFASTLLM_EVAL_GEN_LENGTH", default_value_t = 32)]
+    /// Answer region in tokens (serve's `--max-tokens`; `--gen-length` is the old name).
+    #[arg(
+        long = "max-tokens",
+        alias = "gen-length",
+        env = "DFASTLLM_EVAL_MAX_TOKENS",
+        default_value_t = 32
+    )]
     gen_length: usize,
     #[arg(long, env = "DFASTLLM_EVAL_BLOCK_LENGTH", default_value_t = 8)]
     block_length: usize,

@@ -2,7 +2,7 @@
 
 use anyhow::bail;
 use clap::Args;
-use dfastllm_core::decoding::{ArParams, DecodeError, DiffusionParams};
+use dfastllm_core::decoding::{ArKnobs, DecodeError, DiffusionParams, SamplingParams};
 use dfastllm_core::device;
 use dfastllm_core::generation::{GenerationError, Generator, Prompt};
 use dfastllm_core::tokenizer::ChatMessage;
@@ -63,22 +63,19 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
         temperature: d.temperature,
         top_p: args.top_p,
         seed: args.seed,
-        parallel: d.parallel,
+        commit: d.commit,
         mor: d.mor,
         kv_cache: d.kv_cache,
         ..defaults
     };
-    let ar = ArParams {
-        temperature: d.temperature,
-        top_p: args.top_p,
-        top_k: args.top_k,
-        seed: args.seed,
-        ..ArParams::greedy(d.gen_length)
+    let params = SamplingParams {
+        autoregressive: ArKnobs {
+            top_k: args.top_k,
+            ..ArKnobs::default()
+        },
+        ..SamplingParams::from_diffusion(params)
     };
-    if args.top_k > 0 && generator.model.architecture.is_diffusion() {
-        bail!("--top-k: only autoregressive models sample with top-k");
-    }
-    let output = match generator.generate(&prompt, params, ar) {
+    let output = match generator.generate(&prompt, &params) {
         Err(GenerationError::Decode(DecodeError::InvalidParam { param, message })) => {
             bail!("{}: {message}", flag_of(param))
         }

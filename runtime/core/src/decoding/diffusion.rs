@@ -166,7 +166,7 @@ impl DiffusionSequence {
     /// APD block also ends after `block_length` steps, which only a model that keeps
     /// proposing the mask token itself can reach.
     fn block_done(&self) -> bool {
-        if self.params.parallel.uses_schedule() {
+        if self.params.commit.uses_schedule() {
             return self.step_in_block >= self.schedule.len();
         }
         !self.tokens[self.block_range()].contains(&self.mask_id)
@@ -227,7 +227,7 @@ impl DiffusionSequence {
             .filter(|&p| self.tokens[p] == self.mask_id)
             .collect();
         // The schedule orders by the remasking score; APD decides by probability.
-        let apd = !self.params.parallel.uses_schedule();
+        let apd = !self.params.commit.uses_schedule();
         let key = |p: &Proposal| if apd { p.probability } else { p.confidence };
         masked.sort_by(|&a, &b| {
             let (ca, cb) = (
@@ -244,7 +244,7 @@ impl DiffusionSequence {
                 .map(|&p| key(&proposals[p - range.start]))
                 .collect();
             let scheduled = self.schedule.get(self.step_in_block).copied().unwrap_or(0);
-            self.params.parallel.count(&sorted, scheduled)
+            self.params.commit.count(&sorted, scheduled)
         };
         for &pos in masked.iter().take(k) {
             let p = proposals[pos - range.start];
@@ -381,7 +381,7 @@ pub fn step_batch(
         .collect();
     if active
         .iter()
-        .any(|&i| matches!(seqs[i].params.parallel, super::Parallel::Verifier { .. }))
+        .any(|&i| matches!(seqs[i].params.commit, super::CommitRule::Verifier { .. }))
     {
         return Err(DecodeError::Internal(
             "verifier decoding needs the verifier model: use decoding::verifier::generate".into(),
@@ -484,7 +484,7 @@ pub fn generate(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::decoding::{Mor, Parallel};
+    use crate::decoding::{CommitRule, Mor};
 
     const MASK: u32 = 99;
     const EOS: u32 = 98;
@@ -555,20 +555,20 @@ mod tests {
     fn apd_seq(
         gen: usize,
         block: usize,
-        parallel: Parallel,
+        commit: CommitRule,
         mor: Option<Mor>,
     ) -> DiffusionSequence {
         let params = DiffusionParams {
             block_length: block,
             stop_at_eos: false,
-            parallel,
+            commit,
             mor,
             ..DiffusionParams::with_defaults(gen)
         };
         DiffusionSequence::new(&[1, 2], params, &special(), 100).unwrap()
     }
 
-    const THRESHOLD: Parallel = Parallel::Threshold {
+    const THRESHOLD: CommitRule = CommitRule::Threshold {
         threshold: 0.9,
         max_parallel: 16,
     };
@@ -590,7 +590,7 @@ mod tests {
 
     #[test]
     fn factor_commits_a_prefix_of_the_ranking() {
-        let factor = Parallel::Factor {
+        let factor = CommitRule::Factor {
             factor: 1.0,
             max_parallel: 16,
         };

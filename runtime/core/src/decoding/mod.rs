@@ -9,90 +9,23 @@
 pub mod autoregressive;
 pub mod confidence;
 pub mod diffusion;
+pub mod sequence;
 pub mod strategy;
 pub mod verifier;
-
-use std::fmt;
-use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
 pub use autoregressive::{ArParams, ArSequence, TokenLogprob};
 pub use diffusion::{generate, step_batch, Answer, DiffusionSequence, FinishReason};
-pub use strategy::{KvCacheMode, Mor, Parallel};
-
-/// A sequence the engine decodes: which kind follows from the served model.
-#[derive(Debug)]
-pub enum Sequence {
-    Diffusion(DiffusionSequence),
-    Autoregressive(ArSequence),
-}
-
-impl Sequence {
-    /// Answer tokens that can no longer change, up to the first end-of-sequence token.
-    pub fn settled_answer(&self) -> Vec<u32> {
-        match self {
-            Self::Diffusion(s) => s.settled_answer(),
-            Self::Autoregressive(s) => s.generated().to_vec(),
-        }
-    }
-
-    /// Settled answer tokens (cheap; for progress accounting).
-    pub fn settled_len(&self) -> usize {
-        match self {
-            Self::Diffusion(s) => s.settled_answer().len(),
-            Self::Autoregressive(s) => s.generated().len(),
-        }
-    }
-
-    /// Answer positions holding a committed token.
-    pub fn committed_answer_tokens(&self) -> usize {
-        match self {
-            Self::Diffusion(s) => s.committed_answer_tokens(),
-            Self::Autoregressive(s) => s.generated().len(),
-        }
-    }
-
-    pub fn forward_passes(&self) -> usize {
-        match self {
-            Self::Diffusion(s) => s.forward_passes(),
-            Self::Autoregressive(s) => s.forward_passes(),
-        }
-    }
-
-    pub fn steps(&self) -> usize {
-        match self {
-            Self::Diffusion(s) => s.steps(),
-            Self::Autoregressive(s) => s.forward_passes(),
-        }
-    }
-
-    pub fn is_finished(&self) -> bool {
-        match self {
-            Self::Diffusion(s) => s.is_finished(),
-            Self::Autoregressive(s) => s.is_finished(),
-        }
-    }
-
-    pub fn answer(&self) -> Answer {
-        match self {
-            Self::Diffusion(s) => s.answer(),
-            Self::Autoregressive(s) => s.answer(),
-        }
-    }
-
-    /// Log-probabilities of the answer's tokens, when the request asked for them.
-    pub fn logprobs(&self) -> &[TokenLogprob] {
-        match self {
-            Self::Diffusion(_) => &[],
-            Self::Autoregressive(s) => s.logprobs(),
-        }
-    }
-}
+pub use sequence::{
+    run_to_end, ArKnobs, DiffusionKnobs, SamplingParams, Sequence, StepState, Stepper,
+};
+pub use strategy::{CommitRule, KvCacheMode, Mor};
 
 /// How a step scores the positions it might commit.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, clap::ValueEnum)]
 #[serde(rename_all = "snake_case")]
+#[value(rename_all = "snake_case")]
 pub enum Remasking {
     /// Probability of the proposed token (LLaDA's reference).
     #[default]
@@ -102,44 +35,12 @@ pub enum Remasking {
     /// Negative entropy of the position's distribution (Dream's `entropy`).
     Entropy,
     /// Top-1 minus top-2 probability (Dream's `topk_margin`).
+    #[serde(alias = "topk_margin")]
+    #[value(alias = "topk_margin")]
     Margin,
 }
 
-impl Remasking {
-    pub const NAMES: &'static str = "low_confidence, random, entropy, margin";
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::LowConfidence => "low_confidence",
-            Self::Random => "random",
-            Self::Entropy => "entropy",
-            Self::Margin => "margin",
-        }
-    }
-}
-
-impl FromStr for Remasking {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "low_confidence" => Ok(Self::LowConfidence),
-            "random" => Ok(Self::Random),
-            "entropy" => Ok(Self::Entropy),
-            "margin" | "topk_margin" => Ok(Self::Margin),
-            other => Err(format!(
-                "unknown remasking {other:?} (expected one of {})",
-                Self::NAMES
-            )),
-        }
-    }
-}
-
-impl fmt::Display for Remasking {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
+crate::named_enum!(Remasking, "remasking", false);
 
 /// The knobs of one diffusion generation.
 #[derive(Debug, Clone, PartialEq)]
@@ -161,7 +62,7 @@ pub struct DiffusionParams {
     /// longer change, so the remaining blocks would be wasted forward passes.
     pub stop_at_eos: bool,
     /// How many positions a step commits (APD); `Schedule` follows `steps`.
-    pub parallel: Parallel,
+    pub commit: CommitRule,
     /// Refinement of filled blocks; `None` is off.
     pub mor: Option<Mor>,
     pub kv_cache: KvCacheMode,
@@ -180,7 +81,7 @@ impl DiffusionParams {
             top_p: 1.0,
             seed: None,
             stop_at_eos: true,
-            parallel: Parallel::Schedule,
+            commit: CommitRule::Schedule,
             mor: None,
             kv_cache: KvCacheMode::None,
         }
@@ -244,9 +145,9 @@ impl DiffusionParams {
                 format!("top_p must be in (0, 1], got {}", self.top_p),
             );
         }
-        match self.parallel {
-            Parallel::Schedule => {}
-            Parallel::Verifier { mix, max_lookahead } => {
+        match self.commit {
+            CommitRule::Schedule => {}
+            CommitRule::Verifier { mix, max_lookahead } => {
                 if !(0.0..=1.0).contains(&mix) {
                     return invalid("apd.mix", format!("apd.mix must be in [0, 1], got {mix}"));
                 }
@@ -257,7 +158,7 @@ impl DiffusionParams {
                     );
                 }
             }
-            Parallel::Threshold {
+            CommitRule::Threshold {
                 threshold,
                 max_parallel,
             } => {
@@ -274,7 +175,7 @@ impl DiffusionParams {
                     );
                 }
             }
-            Parallel::Factor {
+            CommitRule::Factor {
                 factor,
                 max_parallel,
             } => {
@@ -441,7 +342,7 @@ mod tests {
             Remasking::Entropy,
             Remasking::Margin,
         ] {
-            assert_eq!(r.name().parse::<Remasking>(), Ok(r));
+            assert_eq!(r.to_string().parse::<Remasking>(), Ok(r));
         }
         assert!("best"
             .parse::<Remasking>()

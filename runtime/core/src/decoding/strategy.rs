@@ -6,7 +6,7 @@ pub use crate::models::KvCacheMode;
 
 /// How many of a block's masked positions one step commits.
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
-pub enum Parallel {
+pub enum CommitRule {
     /// LLaDA's reference: a fixed number per step (`steps` split evenly over each block).
     #[default]
     Schedule,
@@ -27,7 +27,7 @@ pub enum Parallel {
     Verifier { mix: f32, max_lookahead: usize },
 }
 
-impl Parallel {
+impl CommitRule {
     /// Whether the per-block step schedule applies (APD modes decide per step instead).
     pub fn uses_schedule(&self) -> bool {
         matches!(self, Self::Schedule)
@@ -101,20 +101,20 @@ mod tests {
 
     #[test]
     fn schedule_commits_the_scheduled_count() {
-        assert_eq!(Parallel::Schedule.count(&[0.9, 0.5, 0.1], 2), 2);
-        assert_eq!(Parallel::Schedule.count(&[0.9], 2), 1);
-        assert_eq!(Parallel::Schedule.count(&[], 2), 0);
+        assert_eq!(CommitRule::Schedule.count(&[0.9, 0.5, 0.1], 2), 2);
+        assert_eq!(CommitRule::Schedule.count(&[0.9], 2), 1);
+        assert_eq!(CommitRule::Schedule.count(&[], 2), 0);
     }
 
     #[test]
     fn threshold_commits_the_confident_and_always_one() {
-        let t = Parallel::Threshold {
+        let t = CommitRule::Threshold {
             threshold: 0.9,
             max_parallel: 16,
         };
         assert_eq!(t.count(&[0.99, 0.95, 0.9, 0.5], 1), 3);
         assert_eq!(t.count(&[0.4, 0.3], 1), 1, "the most confident always");
-        let capped = Parallel::Threshold {
+        let capped = CommitRule::Threshold {
             threshold: 0.5,
             max_parallel: 2,
         };
@@ -124,7 +124,7 @@ mod tests {
     #[test]
     fn factor_needs_more_confidence_for_each_extra_position() {
         // factor 1: 2nd needs >= 1 - 1/3, 3rd >= 1 - 1/4, 4th >= 1 - 1/5.
-        let f = Parallel::Factor {
+        let f = CommitRule::Factor {
             factor: 1.0,
             max_parallel: 16,
         };
@@ -158,7 +158,7 @@ mod tests {
     #[test]
     fn kv_cache_names_round_trip() {
         for m in [KvCacheMode::None, KvCacheMode::Prefix, KvCacheMode::Dual] {
-            assert_eq!(m.name().parse::<KvCacheMode>(), Ok(m));
+            assert_eq!(m.to_string().parse::<KvCacheMode>(), Ok(m));
         }
         assert!("full".parse::<KvCacheMode>().unwrap_err().contains("dual"));
     }

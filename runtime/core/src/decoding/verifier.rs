@@ -8,7 +8,7 @@
 
 use candle_core::{DType, Tensor, D};
 
-use super::{Answer, DecodeError, DiffusionSequence, Parallel};
+use super::{Answer, CommitRule, DecodeError, DiffusionSequence};
 use crate::models::causal::CausalModel;
 use crate::models::{Batch, DiffusionLm};
 
@@ -20,7 +20,7 @@ pub fn generate(
     seq: &mut DiffusionSequence,
     pad_id: u32,
 ) -> Result<Answer, DecodeError> {
-    let Parallel::Verifier { mix, max_lookahead } = seq.params().parallel else {
+    let CommitRule::Verifier { mix, max_lookahead } = seq.params().commit else {
         return Err(DecodeError::InvalidParam {
             param: "apd.mode",
             message: "verifier::generate needs apd.mode verifier".into(),

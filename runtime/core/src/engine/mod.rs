@@ -4,7 +4,7 @@
 //! fast with [`SubmitError::QueueFull`] rather than letting latency grow without
 //! bound). Every iteration the scheduler admits waiting sequences up to
 //! `max_concurrent_requests`, drops those whose client went away or whose deadline
-//! passed, runs one forward pass for all the rest ([`step_batch`]) and reports progress
+//! passed, runs one step for all the rest ([`Stepper::step`]) and reports progress
 //! on each sequence's event channel. Sequences join and leave between iterations.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -14,10 +14,8 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc::UnboundedSender;
 
-use crate::decoding::{autoregressive, step_batch, Answer, DecodeError, Sequence, TokenLogprob};
+use crate::decoding::{Answer, Sequence, StepState, Stepper, TokenLogprob};
 use crate::metrics::Metrics;
-use crate::models::causal::CausalCache;
-use crate::models::{LoadedModel, Network};
 
 #[derive(Debug, Clone)]
 pub struct EngineConfig {
@@ -28,59 +26,13 @@ pub struct EngineConfig {
     pub batch_wait: Duration,
 }
 
-/// One decoding step for a whole batch: what the scheduler drives. [`LoadedModel`] is
-/// the real one (a forward pass, two when autoregressive prompts join: prefill, then
-/// decode); the engine's tests drive the scheduler with a fake.
-pub trait Stepper {
-    /// Advances every unfinished sequence of `batch` by one step. `cache` holds the
-    /// autoregressive key/value slots: slot i belongs to `batch[i]`, and the scheduler
-    /// keeps the two in step as sequences leave.
-    fn step(&self, batch: &mut [&mut Sequence], cache: &mut CausalCache)
-        -> Result<(), DecodeError>;
-}
-
-impl Stepper for LoadedModel {
-    fn step(
-        &self,
-        batch: &mut [&mut Sequence],
-        cache: &mut CausalCache,
-    ) -> Result<(), DecodeError> {
-        // The server builds sequences for the loaded model's kind only, so a mismatch
-        // is a bug of ours: an internal error, never the request's.
-        let mismatch =
-            || DecodeError::Internal("a sequence of the wrong kind reached the engine".into());
-        match &self.model {
-            Network::Diffusion(m) => {
-                let mut seqs = batch
-                    .iter_mut()
-                    .map(|s| match &mut **s {
-                        Sequence::Diffusion(s) => Ok(s),
-                        Sequence::Autoregressive(_) => Err(mismatch()),
-                    })
-                    .collect::<Result<Vec<_>, _>>()?;
-                step_batch(m.as_ref(), &mut seqs, self.special.pad_id)
-            }
-            Network::Causal(m) => {
-                let mut seqs = batch
-                    .iter_mut()
-                    .map(|s| match &mut **s {
-                        Sequence::Autoregressive(s) => Ok(s),
-                        Sequence::Diffusion(_) => Err(mismatch()),
-                    })
-                    .collect::<Result<Vec<_>, _>>()?;
-                autoregressive::step_batch(m, cache, &mut seqs)
-            }
-        }
-    }
-}
-
 /// What a sequence reports to whoever submitted it.
 #[derive(Debug)]
 pub enum Event {
-    /// The settled answer grew: every answer token before the first still-masked
-    /// position, up to (not including) the first end-of-sequence token.
+    /// The settled answer grew (the tokens before the first still-masked position, up
+    /// to the first end-of-sequence token): these tokens follow the ones already sent.
     Progress {
-        token_ids: Vec<u32>,
+        new_token_ids: Vec<u32>,
         /// Log-probabilities of the tokens settled since the previous event, when asked.
         new_logprobs: Vec<TokenLogprob>,
         forward_passes: usize,
@@ -200,11 +152,11 @@ struct Active {
     committed: usize,
 }
 
-/// Keeps the `active` entries `keep` accepts, and their autoregressive cache slots
-/// (slot i belongs to `active[i]`).
+/// Keeps the `active` entries `keep` accepts, and their step state (which follows the
+/// batch's order).
 fn retain_active(
     active: &mut Vec<Active>,
-    cache: &mut CausalCache,
+    state: &mut StepState,
     mut keep: impl FnMut(&mut Active) -> bool,
 ) {
     let flags: Vec<bool> = active.iter_mut().map(&mut keep).collect();
@@ -214,11 +166,7 @@ fn retain_active(
         flags[i - 1]
     });
     if flags.iter().any(|k| !k) {
-        // Only an allocation failure can fail here; forgetting every slot then makes
-        // the next pass fail its sequences with an error instead of reading stale keys.
-        if cache.retain(&flags).is_err() {
-            cache.clear();
-        }
+        state.retain(&flags);
     }
 }
 
@@ -226,7 +174,7 @@ impl Scheduler {
     /// Serves until every [`EngineHandle`] is dropped and the last sequence finished.
     pub fn run<M: Stepper + ?Sized>(self, model: &M) {
         let mut active: Vec<Active> = Vec::new();
-        let mut cache = CausalCache::new();
+        let mut state = StepState::new();
         loop {
             if active.is_empty() {
                 match self.rx.recv() {
@@ -236,12 +184,12 @@ impl Scheduler {
                 self.gather(&mut active);
             }
             self.admit_waiting(&mut active);
-            self.drop_abandoned(&mut active, &mut cache);
+            self.drop_abandoned(&mut active, &mut state);
             self.metrics.requests_running.set(active.len() as i64);
             if active.is_empty() {
                 continue;
             }
-            self.iterate(model, &mut active, &mut cache);
+            self.iterate(model, &mut active, &mut state);
             self.metrics.requests_running.set(active.len() as i64);
         }
     }
@@ -286,9 +234,9 @@ impl Scheduler {
     }
 
     /// Frees the slots of sequences nobody waits for any more, or that ran out of time.
-    fn drop_abandoned(&self, active: &mut Vec<Active>, cache: &mut CausalCache) {
+    fn drop_abandoned(&self, active: &mut Vec<Active>, state: &mut StepState) {
         let now = Instant::now();
-        retain_active(active, cache, |a| {
+        retain_active(active, state, |a| {
             if a.submission.events.is_closed() {
                 self.metrics.requests_cancelled.inc();
                 return false;
@@ -305,14 +253,14 @@ impl Scheduler {
         &self,
         model: &M,
         active: &mut Vec<Active>,
-        cache: &mut CausalCache,
+        state: &mut StepState,
     ) {
         self.metrics.batch_size.observe(active.len() as f64);
         let mut batch: Vec<&mut Sequence> = active
             .iter_mut()
             .map(|a| &mut a.submission.sequence)
             .collect();
-        let result = model.step(&mut batch, cache);
+        let result = model.step(&mut batch, state);
         self.metrics.forward_passes.inc();
         if let Err(e) = result {
             for a in active.drain(..) {
@@ -321,10 +269,10 @@ impl Scheduler {
                     .events
                     .send(Event::Failed(Failure::Model(e.to_string())));
             }
-            cache.clear();
+            state.clear();
             return;
         }
-        retain_active(active, cache, |a| {
+        retain_active(active, state, |a| {
             let committed = a.submission.sequence.committed_answer_tokens();
             self.metrics
                 .tokens_per_forward_pass
@@ -335,10 +283,11 @@ impl Scheduler {
                 let settled = seq.settled_answer();
                 let logprobs = seq.logprobs();
                 let new_logprobs = logprobs[a.sent.min(logprobs.len())..].to_vec();
+                let new_token_ids = settled[a.sent.min(settled.len())..].to_vec();
                 a.sent = settled.len();
                 // A closed channel is noticed (and counted) at the next iteration.
                 let _ = a.submission.events.send(Event::Progress {
-                    token_ids: settled,
+                    new_token_ids,
                     new_logprobs,
                     forward_passes: seq.forward_passes(),
                     steps: seq.steps(),

@@ -8,8 +8,8 @@ use std::sync::Mutex;
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
 
 use super::*;
-use crate::decoding::{ArParams, ArSequence, FinishReason};
-use crate::models::SpecialTokens;
+use crate::decoding::{DecodeError, FinishReason, SamplingParams};
+use crate::models::{ModelKind, SpecialTokens};
 
 const VOCAB: usize = 8;
 
@@ -37,11 +37,7 @@ impl Fake {
 }
 
 impl Stepper for Fake {
-    fn step(
-        &self,
-        batch: &mut [&mut Sequence],
-        _cache: &mut CausalCache,
-    ) -> Result<(), DecodeError> {
+    fn step(&self, batch: &mut [&mut Sequence], _state: &mut StepState) -> Result<(), DecodeError> {
         let mut seen = self.batches.lock().unwrap();
         seen.push(batch.len());
         if self.fail_at == Some(seen.len()) {
@@ -72,10 +68,11 @@ fn special() -> SpecialTokens {
 }
 
 fn submission(max_tokens: usize) -> (Submission, UnboundedReceiver<Event>) {
-    let seq = ArSequence::new(&[1, 2], ArParams::greedy(max_tokens), &special(), 64).unwrap();
+    let params = SamplingParams::with_defaults(max_tokens);
+    let seq = Sequence::new(ModelKind::Autoregressive, &[1, 2], &params, &special(), 64).unwrap();
     let (events, rx) = unbounded_channel();
     let s = Submission {
-        sequence: Sequence::Autoregressive(seq),
+        sequence: seq,
         deadline: None,
         events,
     };
@@ -244,11 +241,7 @@ fn a_sequence_ending_at_eos_reports_stop() {
     drop(handle);
     struct Eos;
     impl Stepper for Eos {
-        fn step(
-            &self,
-            batch: &mut [&mut Sequence],
-            _: &mut CausalCache,
-        ) -> Result<(), DecodeError> {
+        fn step(&self, batch: &mut [&mut Sequence], _: &mut StepState) -> Result<(), DecodeError> {
             let mut logits = vec![0.0f32; VOCAB];
             logits[7] = 10.0;
             for seq in batch.iter_mut() {
@@ -267,4 +260,33 @@ fn a_sequence_ending_at_eos_reports_stop() {
         }
         other => panic!("expected Done, got {other:?}"),
     }
+}
+
+#[test]
+fn progress_events_carry_only_the_tokens_settled_since_the_last_one() {
+    let (handle, scheduler) = engine(config(1), Arc::new(Metrics::new()));
+    let (s, mut rx) = submission(3);
+    handle.submit(s).unwrap();
+    drop(handle);
+    scheduler.run(&Fake::new());
+    let mut streamed = Vec::new();
+    let mut done = None;
+    while let Ok(event) = rx.try_recv() {
+        match event {
+            Event::Progress { new_token_ids, .. } => {
+                assert_eq!(
+                    new_token_ids.len(),
+                    1,
+                    "one new token per step, not the answer so far"
+                );
+                streamed.extend(new_token_ids);
+            }
+            other => done = Some(other),
+        }
+    }
+    assert_eq!(
+        streamed,
+        done_tokens(done),
+        "the deltas add up to the answer"
+    );
 }

@@ -371,11 +371,24 @@ pub fn check_heads(
 }
 
 /// Fast-dLLM KV caching.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Default,
+    serde::Serialize,
+    serde::Deserialize,
+    clap::ValueEnum,
+)]
 #[serde(rename_all = "lowercase")]
+#[value(rename_all = "lowercase")]
 pub enum KvCacheMode {
     /// Every step runs the whole sequence (exact).
     #[default]
+    #[serde(alias = "off")]
+    #[value(alias = "off")]
     None,
     /// A full pass at each block's start caches the keys/values before the block; the
     /// block's other steps recompute only the block and everything after it.
@@ -384,39 +397,7 @@ pub enum KvCacheMode {
     Dual,
 }
 
-impl KvCacheMode {
-    pub const NAMES: &'static str = "none, prefix, dual";
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::None => "none",
-            Self::Prefix => "prefix",
-            Self::Dual => "dual",
-        }
-    }
-}
-
-impl std::str::FromStr for KvCacheMode {
-    type Err = String;
-
-    fn from_str(s: &str) -> std::result::Result<Self, Self::Err> {
-        match s {
-            "none" | "off" => Ok(Self::None),
-            "prefix" => Ok(Self::Prefix),
-            "dual" => Ok(Self::Dual),
-            other => Err(format!(
-                "unknown kv_cache {other:?} (expected one of {})",
-                Self::NAMES
-            )),
-        }
-    }
-}
-
-impl std::fmt::Display for KvCacheMode {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.name())
-    }
-}
+crate::named_enum!(KvCacheMode, "kv_cache", false);
 
 #[cfg(test)]
 mod tests {

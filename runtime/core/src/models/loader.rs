@@ -12,7 +12,8 @@ use candle_core::{DType, Device};
 use candle_nn::VarBuilder;
 use serde_json::Value;
 
-use super::{Architecture, SpecialTokens};
+use super::{Architecture, DTypeChoice, LoadedModel, SpecialTokens};
+use crate::tokenizer::{TextTokenizer, TokenizerError};
 
 /// config.json key that marks a checkpoint as random demo weights.
 pub const DEMO_MARKER: &str = "dfastllm_demo";
@@ -37,6 +38,26 @@ pub enum ModelError {
         #[source]
         source: candle_core::Error,
     },
+    #[error(transparent)]
+    Tokenizer(#[from] TokenizerError),
+}
+
+/// A checkpoint ready to serve: the model and its tokenizer. A chat answer ends at the
+/// template's end-of-turn token as well as at EOS, whether or not generation_config.json
+/// lists it, so those ids join the EOS ids here, once for every caller.
+pub fn load_checkpoint(
+    dir: &Path,
+    device: &Device,
+    dtype: DTypeChoice,
+) -> Result<(LoadedModel, TextTokenizer), ModelError> {
+    let mut model = super::load(dir, device, dtype)?;
+    let tokenizer = TextTokenizer::load(dir)?;
+    for id in tokenizer.end_of_turn_ids() {
+        if !model.special.eos_ids.contains(&id) && id != model.special.mask_id {
+            model.special.eos_ids.push(id);
+        }
+    }
+    Ok((model, tokenizer))
 }
 
 pub(crate) fn read_json(dir: &Path, name: &str) -> Result<Value, ModelError> {

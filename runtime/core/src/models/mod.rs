@@ -29,7 +29,7 @@ use candle_core::{DType, Device, Tensor};
 use serde_json::Value;
 
 pub use bidirectional::{KvCache, KvCacheMode};
-pub use loader::{weight_files, ModelError, DEMO_MARKER};
+pub use loader::{load_checkpoint, weight_files, ModelError, DEMO_MARKER};
 
 /// Grid columns a cached pass recomputes to produce logits for `positions`, for a model
 /// whose logits at column i come from hidden state `i - shift` (Dream: 1).
@@ -47,6 +47,15 @@ pub fn recomputed_columns(
         KvCacheMode::Dual => start..positions.end - shift,
         KvCacheMode::Prefix | KvCacheMode::None => start..width,
     })
+}
+
+/// How a model's answers are decoded; it decides which sampler a request gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ModelKind {
+    /// Bidirectional: the answer starts masked and is unmasked in blocks.
+    Diffusion,
+    /// Causal: one token after another, with a key/value cache.
+    Autoregressive,
 }
 
 /// Architectures the runtime can run, named as in `config.json`'s `model_type`.
@@ -86,7 +95,14 @@ impl Architecture {
 
     /// Masked diffusion (bidirectional, decoded by unmasking) rather than left to right.
     pub fn is_diffusion(self) -> bool {
-        matches!(self, Self::Llada | Self::Dream)
+        self.kind() == ModelKind::Diffusion
+    }
+
+    pub fn kind(self) -> ModelKind {
+        match self {
+            Self::Llada | Self::Dream => ModelKind::Diffusion,
+            Self::Llama | Self::Qwen2 | Self::Phi | Self::Gpt2 => ModelKind::Autoregressive,
+        }
     }
 
     /// Reads `model_type` (falling back to `architectures[0]`) from a parsed config.json.
@@ -137,40 +153,19 @@ impl fmt::Display for Architecture {
 
 /// `--dtype`: `auto` follows config.json's `torch_dtype` on GPUs and uses f32 on the
 /// CPU, where candle's half-precision matmuls are several times slower than f32.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[value(rename_all = "lowercase")]
 pub enum DTypeChoice {
     Auto,
+    #[value(alias = "float32")]
     F32,
+    #[value(aliases = ["float16", "half"])]
     F16,
+    #[value(alias = "bfloat16")]
     Bf16,
 }
 
-impl FromStr for DTypeChoice {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s.to_ascii_lowercase().as_str() {
-            "auto" => Ok(Self::Auto),
-            "f32" | "float32" => Ok(Self::F32),
-            "f16" | "float16" | "half" => Ok(Self::F16),
-            "bf16" | "bfloat16" => Ok(Self::Bf16),
-            other => Err(format!(
-                "invalid dtype {other:?}: expected auto, f32, f16 or bf16"
-            )),
-        }
-    }
-}
-
-impl fmt::Display for DTypeChoice {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Self::Auto => "auto",
-            Self::F32 => "f32",
-            Self::F16 => "f16",
-            Self::Bf16 => "bf16",
-        })
-    }
-}
+crate::named_enum!(DTypeChoice, "dtype", true);
 
 impl DTypeChoice {
     pub fn resolve(self, config: &Value, device: &Device) -> DType {
@@ -355,6 +350,13 @@ pub enum Network {
 }
 
 impl Network {
+    pub fn kind(&self) -> ModelKind {
+        match self {
+            Self::Diffusion(_) => ModelKind::Diffusion,
+            Self::Causal(_) => ModelKind::Autoregressive,
+        }
+    }
+
     pub fn diffusion(&self) -> Option<&dyn DiffusionLm> {
         match self {
             Self::Diffusion(m) => Some(m.as_ref()),
@@ -387,7 +389,7 @@ impl Network {
 /// A model ready to run, with what the samplers and the API need to know about it.
 pub struct LoadedModel {
     pub architecture: Architecture,
-    pub model: Network,
+    pub network: Network,
     pub special: SpecialTokens,
     pub dtype: DType,
     pub device: Device,
@@ -448,7 +450,7 @@ pub fn load(dir: &Path, device: &Device, dtype: DTypeChoice) -> Result<LoadedMod
     )?;
     Ok(LoadedModel {
         architecture,
-        model,
+        network: model,
         special,
         dtype,
         device: device.clone(),
@@ -469,7 +471,7 @@ pub fn load_causal(
         _ => DTypeChoice::F32,
     };
     let loaded = load(dir, device, choice)?;
-    match loaded.model {
+    match loaded.network {
         Network::Causal(m) => Ok(*m),
         Network::Diffusion(_) => Err(ModelError::InvalidFile {
             path: dir.join("config.json"),

@@ -1,6 +1,9 @@
 use clap::{CommandFactory, FromArgMatches, Parser};
 
+use std::path::Path;
+
 use super::*;
+use dfastllm_core::decoding::CommitRule;
 
 /// `dfastllm serve`'s config flags on their own, parsed the way the binary parses them.
 #[derive(Parser, Debug)]
@@ -33,7 +36,7 @@ fn from_code(flags: ConfigLayer, file: ConfigLayer) -> Result<RuntimeConfig, Con
 
 #[test]
 fn the_operator_contract_fixture_parses() {
-    let text = include_str!("../../tests/fixtures/runtime.toml");
+    let text = include_str!("../../../tests/fixtures/runtime.toml");
     let file = ConfigLayer::parse(text).unwrap();
     let cfg = from_code(ConfigLayer::default(), file).unwrap();
     assert_eq!(cfg.served_name, "llada-8b");
@@ -46,8 +49,8 @@ fn the_operator_contract_fixture_parses() {
     assert_eq!(cfg.device, DeviceChoice::Cuda(0));
     assert_eq!(cfg.rate_limit_requests_per_minute, 600);
     assert_eq!(
-        cfg.decoding.parallel,
-        Parallel::Threshold {
+        cfg.decoding.commit,
+        CommitRule::Threshold {
             threshold: 0.9,
             max_parallel: 16
         }
@@ -58,8 +61,10 @@ fn the_operator_contract_fixture_parses() {
 
 #[test]
 fn the_defaults_table_is_the_pinned_contract() {
-    let pinned =
-        ConfigLayer::parse(include_str!("../../tests/fixtures/runtime-defaults.toml")).unwrap();
+    let pinned = ConfigLayer::parse(include_str!(
+        "../../../tests/fixtures/runtime-defaults.toml"
+    ))
+    .unwrap();
     assert_eq!(
         defaults(),
         pinned,
@@ -123,8 +128,8 @@ fn an_apd_flag_changes_one_field_of_the_files_rule() {
     let file = "[decoding.apd]\nenabled = true\nmode = \"threshold\"\nmax_parallel = 4\n";
     let cfg = resolve(&["--apd-threshold", "0.8"], file).unwrap();
     assert_eq!(
-        cfg.decoding.parallel,
-        Parallel::Threshold {
+        cfg.decoding.commit,
+        CommitRule::Threshold {
             threshold: 0.8,
             max_parallel: 4
         },
@@ -139,8 +144,8 @@ fn an_apd_flag_changes_one_field_of_the_files_rule() {
     );
     let factor = resolve(&["--apd", "factor"], file).unwrap();
     assert_eq!(
-        factor.decoding.parallel,
-        Parallel::Factor {
+        factor.decoding.commit,
+        CommitRule::Factor {
             factor: 1.0,
             max_parallel: 4
         }

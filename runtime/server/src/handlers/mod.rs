@@ -1,0 +1,315 @@
+//! The endpoints: each validates its request into a [`Job`] ([`choice`]), runs it,
+//! and answers with one body or a stream ([`responses`], [`sse`]).
+
+mod choice;
+mod responses;
+mod sse;
+
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::Serialize;
+use tokio::sync::mpsc::unbounded_channel;
+
+use crate::errors::ApiError;
+use crate::openai::{
+    chat_logprobs, completion_logprobs, resolve, ChatRequest, CompletionRequest, GenerateRequest,
+};
+use crate::{ApiJson, AppState, ModelInfo};
+use choice::{account, encode_prompt, run_choice, Job};
+use responses::{unix_now, Dialect, Shape};
+use sse::{sse, Frames, Item};
+
+/// Runs every choice of `job` at once and answers with one JSON body, or an SSE stream.
+async fn respond(
+    state: AppState,
+    info: Arc<ModelInfo>,
+    job: Job,
+    stream: bool,
+    shape: Shape,
+) -> Result<Response, ApiError> {
+    let guard = state.track();
+    let prompt_tokens = job.prompt_tokens;
+    if !stream {
+        let runs = job
+            .choices
+            .into_iter()
+            .map(|choice| run_choice(&state, &info, choice, |_, _| {}));
+        let mut outcomes = futures::future::try_join_all(runs).await?;
+        account(&state, prompt_tokens, &outcomes);
+        drop(guard);
+        let body = shape.whole(prompt_tokens, &mut outcomes);
+        return Ok(Json(body).into_response());
+    }
+    let (tx, rx) = unbounded_channel::<Item>();
+    for choice in job.choices {
+        let (state, info, tx) = (state.clone(), info.clone(), tx.clone());
+        let index = choice.index;
+        tokio::spawn(async move {
+            let _ = tx.send(Item::Start(index));
+            let text_tx = tx.clone();
+            let run = run_choice(&state, &info, choice, |t, lps| {
+                let _ = text_tx.send(Item::Text(index, t.to_string(), lps.to_vec()));
+            });
+            // A client that disconnects closes the stream's receiver: stop at once.
+            let item = tokio::select! {
+                result = run => match result {
+                    Ok(outcome) => Item::Finished(outcome),
+                    Err(e) => Item::Failed(e),
+                },
+                () = tx.closed() => return,
+            };
+            let _ = tx.send(item);
+        });
+    }
+    drop(tx);
+    let frames = Frames {
+        shape,
+        prompt_tokens,
+        outcomes: Vec::new(),
+    };
+    Ok(sse(state, rx, frames, guard).into_response())
+}
+
+pub async fn completions(
+    State(state): State<AppState>,
+    ApiJson(req): ApiJson<CompletionRequest>,
+) -> Result<Response, ApiError> {
+    state.check_model(req.model.as_deref())?;
+    let info = state.ready_model()?;
+    let resolved = resolve(&req.sampling, &state.config.decoding)?;
+    let prompts = req
+        .prompt
+        .ok_or_else(|| ApiError::invalid("prompt", "prompt is required"))?
+        .into_vec();
+    let ids = prompts
+        .iter()
+        .map(|p| encode_prompt(&info, p, "prompt"))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut resolved = resolved;
+    resolved.sampling.autoregressive.logprobs = completion_logprobs(req.logprobs)?;
+    let logprobs = resolved.sampling.autoregressive.logprobs.is_some();
+    let job = Job::new(&info, ids, resolved)?;
+    let include_usage = req.stream_options.is_some_and(|o| o.include_usage);
+    let shape = Shape::new(
+        Dialect::Completion,
+        req.model.as_deref().unwrap_or(&state.config.served_name),
+        include_usage,
+        logprobs,
+        info.clone(),
+    );
+    respond(state.clone(), info, job, req.stream, shape).await
+}
+
+pub async fn chat_completions(
+    State(state): State<AppState>,
+    ApiJson(req): ApiJson<ChatRequest>,
+) -> Result<Response, ApiError> {
+    state.check_model(req.model.as_deref())?;
+    let info = state.ready_model()?;
+    let resolved = resolve(&req.sampling, &state.config.decoding)?;
+    let messages = req.chat_messages()?;
+    let prompt = info
+        .tokenizer
+        .apply_chat_template(&messages, true)
+        .map_err(|e| ApiError::invalid("messages", e.to_string()))?;
+    let ids = encode_prompt(&info, &prompt, "messages")?;
+    let mut resolved = resolved;
+    resolved.sampling.autoregressive.logprobs = chat_logprobs(req.logprobs, req.top_logprobs)?;
+    let logprobs = resolved.sampling.autoregressive.logprobs.is_some();
+    let job = Job::new(&info, vec![ids], resolved)?;
+    let include_usage = req.stream_options.is_some_and(|o| o.include_usage);
+    let shape = Shape::new(
+        Dialect::Chat,
+        req.model.as_deref().unwrap_or(&state.config.served_name),
+        include_usage,
+        logprobs,
+        info.clone(),
+    );
+    respond(state.clone(), info, job, req.stream, shape).await
+}
+
+pub async fn generate(
+    State(state): State<AppState>,
+    ApiJson(req): ApiJson<GenerateRequest>,
+) -> Result<Response, ApiError> {
+    let info = state.ready_model()?;
+    let resolved = resolve(&req.sampling, &state.config.decoding)?;
+    if resolved.n != 1 {
+        return Err(ApiError::invalid(
+            "n",
+            "/generate returns one answer; use /v1/completions for n > 1",
+        ));
+    }
+    let prompt = req
+        .prompt
+        .ok_or_else(|| ApiError::invalid("prompt", "prompt is required"))?;
+    let ids = encode_prompt(&info, &prompt, "prompt")?;
+    let job = Job::new(&info, vec![ids], resolved)?;
+    let shape = Shape::new(
+        Dialect::Generate,
+        &state.config.served_name,
+        false,
+        false,
+        info.clone(),
+    );
+    respond(state.clone(), info, job, req.stream, shape).await
+}
+
+#[derive(Serialize)]
+pub struct ModelList {
+    object: &'static str,
+    data: Vec<ModelCard>,
+}
+
+/// One served name, with vLLM's `root` and `max_model_len`.
+#[derive(Serialize)]
+pub struct ModelCard {
+    id: String,
+    object: &'static str,
+    created: u64,
+    owned_by: &'static str,
+    root: String,
+    max_model_len: Option<usize>,
+}
+
+pub async fn models(State(state): State<AppState>) -> Json<ModelList> {
+    let created = unix_now();
+    let max_model_len = state.model.get().map(|m| m.max_context);
+    let data = state
+        .served_names()
+        .into_iter()
+        .map(|id| ModelCard {
+            id,
+            object: "model",
+            created,
+            owned_by: "dfastllm",
+            root: state.config.served_name.clone(),
+            max_model_len,
+        })
+        .collect();
+    Json(ModelList {
+        object: "list",
+        data,
+    })
+}
+
+/// Refreshes the GPU memory gauges and returns what the device reports.
+fn gpu(state: &AppState) -> Option<dfastllm_core::device::GpuInfo> {
+    let gpu = state
+        .model
+        .get()
+        .and_then(|i| dfastllm_core::device::gpu_info(&i.device));
+    if let Some(g) = &gpu {
+        state
+            .metrics
+            .gpu_memory_used_bytes
+            .set(g.memory_used_bytes as i64);
+        state
+            .metrics
+            .gpu_memory_total_bytes
+            .set(g.memory_total_bytes as i64);
+    }
+    gpu
+}
+
+#[derive(Serialize)]
+pub struct Health {
+    status: &'static str,
+    ready: bool,
+    draining: bool,
+    version: &'static str,
+    model: String,
+    architecture: Option<&'static str>,
+    device: Option<String>,
+    gpu: Option<dfastllm_core::device::GpuInfo>,
+    uptime_seconds: f64,
+    queue: Queue,
+    max_concurrent_requests: usize,
+}
+
+#[derive(Serialize)]
+pub struct Queue {
+    waiting: usize,
+    capacity: usize,
+}
+
+pub async fn health(State(state): State<AppState>) -> Json<Health> {
+    let gpu = gpu(&state);
+    let info = state.model.get();
+    Json(Health {
+        status: "ok",
+        ready: info.is_some(),
+        draining: state.draining.load(std::sync::atomic::Ordering::SeqCst),
+        version: env!("CARGO_PKG_VERSION"),
+        model: state.config.served_name.clone(),
+        architecture: info.map(|i| i.architecture.name()),
+        device: info.map(|i| dfastllm_core::device::describe(&i.device)),
+        gpu,
+        uptime_seconds: state.started.elapsed().as_secs_f64(),
+        queue: Queue {
+            waiting: state.engine.waiting(),
+            capacity: state.config.max_queue,
+        },
+        max_concurrent_requests: state.config.max_concurrent_requests,
+    })
+}
+
+#[derive(Serialize)]
+pub struct Readiness {
+    status: &'static str,
+}
+
+pub async fn readyz(State(state): State<AppState>) -> Response {
+    let (code, status) = if state.draining.load(std::sync::atomic::Ordering::SeqCst) {
+        (StatusCode::SERVICE_UNAVAILABLE, "draining")
+    } else if state.is_ready() {
+        (StatusCode::OK, "ready")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "loading")
+    };
+    (code, Json(Readiness { status })).into_response()
+}
+
+pub async fn metrics(State(state): State<AppState>) -> Response {
+    state
+        .metrics
+        .requests_waiting
+        .set(state.engine.waiting() as i64);
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        state.metrics.encode(),
+    )
+        .into_response()
+}
+
+/// A loaded tiny demo model's [`ModelInfo`], for the handler pieces' unit tests.
+#[cfg(test)]
+pub(crate) mod testing {
+    use dfastllm_core::demo::{write_demo_model, DemoSpec};
+    use dfastllm_core::models::{self, Architecture, DTypeChoice};
+    use dfastllm_core::tokenizer::TextTokenizer;
+
+    use crate::ModelInfo;
+
+    pub fn model_info(arch: Architecture) -> (tempfile::TempDir, ModelInfo) {
+        let dir = tempfile::tempdir().unwrap();
+        write_demo_model(&DemoSpec::tiny(arch), dir.path()).unwrap();
+        let device = candle_core::Device::Cpu;
+        let model = models::load(dir.path(), &device, DTypeChoice::Auto).unwrap();
+        let info = ModelInfo {
+            tokenizer: TextTokenizer::load(dir.path()).unwrap(),
+            special: model.special.clone(),
+            max_context: model.network.max_context(),
+            architecture: model.architecture,
+            device,
+        };
+        (dir, info)
+    }
+}
