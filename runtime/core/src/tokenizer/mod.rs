@@ -1,10 +1,13 @@
-//! Text <-> token ids with the checkpoint's own `tokenizer.json`, and chat prompts
-//! rendered from `tokenizer_config.json`'s Jinja `chat_template`, as `transformers`'
-//! `apply_chat_template` does, so a prompt means the same here and in Python.
+//! Text <-> token ids with the checkpoint's own `tokenizer.json` (or one built from its
+//! `vocab.json` + `merges.txt`, [`build`]), and chat prompts rendered from its Jinja
+//! chat template ([`chat`]) as `transformers`' `apply_chat_template` does, so a prompt
+//! means the same here and in Python.
+
+mod build;
+pub mod chat;
 
 use std::path::{Path, PathBuf};
 
-use minijinja::{context, Environment, Error as JinjaError, ErrorKind};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -90,34 +93,64 @@ fn token_text(v: Option<&Value>) -> Option<String> {
     }
 }
 
-impl TextTokenizer {
-    /// Loads `tokenizer.json` and, when present, `tokenizer_config.json` from `dir`.
-    pub fn load(dir: &Path) -> Result<Self, TokenizerError> {
-        let path = dir.join("tokenizer.json");
-        if !path.exists() {
-            return Err(TokenizerError::File {
-                path,
-                message: "file not found".into(),
-            });
-        }
-        let inner = tokenizers::Tokenizer::from_file(&path).map_err(|e| TokenizerError::File {
+/// A JSON file of the checkpoint, `Null` when it is absent.
+fn read_json(path: &Path) -> Result<Value, TokenizerError> {
+    if !path.exists() {
+        return Ok(Value::Null);
+    }
+    let text = std::fs::read_to_string(path).map_err(|e| TokenizerError::File {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    })?;
+    serde_json::from_str(&text).map_err(|e| TokenizerError::File {
+        path: path.to_path_buf(),
+        message: format!("invalid JSON: {e}"),
+    })
+}
+
+/// The checkpoint's tokenizer: `tokenizer.json` when it ships one, else rebuilt from
+/// `vocab.json` + `merges.txt`.
+fn load_inner(dir: &Path, config: &Value) -> Result<tokenizers::Tokenizer, TokenizerError> {
+    let path = dir.join("tokenizer.json");
+    if path.exists() {
+        return tokenizers::Tokenizer::from_file(&path).map_err(|e| TokenizerError::File {
             path: path.clone(),
             message: e.to_string(),
-        })?;
-        let config_path = dir.join("tokenizer_config.json");
-        let config: Value = if config_path.exists() {
-            let text = std::fs::read_to_string(&config_path).map_err(|e| TokenizerError::File {
-                path: config_path.clone(),
-                message: e.to_string(),
-            })?;
-            serde_json::from_str(&text).map_err(|e| TokenizerError::File {
-                path: config_path.clone(),
-                message: format!("invalid JSON: {e}"),
-            })?
+        });
+    }
+    if dir.join("vocab.json").exists() && dir.join("merges.txt").exists() {
+        return build::from_vocab_merges(dir, config);
+    }
+    let message = if dir.join("tokenizer.model").exists() {
+        "file not found; the checkpoint has only a sentencepiece tokenizer.model, which dfastllm cannot read: save it once with transformers (AutoTokenizer.from_pretrained(dir).save_pretrained(dir)) to write tokenizer.json"
+    } else {
+        "file not found (nor vocab.json + merges.txt to build it from)"
+    };
+    Err(TokenizerError::File {
+        path,
+        message: message.into(),
+    })
+}
+
+impl TextTokenizer {
+    /// Loads the tokenizer of the checkpoint in `dir` and, when present,
+    /// `tokenizer_config.json` and `chat_template.jinja`.
+    pub fn load(dir: &Path) -> Result<Self, TokenizerError> {
+        let config = read_json(&dir.join("tokenizer_config.json"))?;
+        let inner = load_inner(dir, &config)?;
+        // transformers reads a separate chat_template.jinja over the config's template.
+        let jinja_path = dir.join("chat_template.jinja");
+        let file_template = if jinja_path.exists() {
+            Some(
+                std::fs::read_to_string(&jinja_path).map_err(|e| TokenizerError::File {
+                    path: jinja_path.clone(),
+                    message: e.to_string(),
+                })?,
+            )
         } else {
-            Value::Null
+            None
         };
-        let chat_template = match config.get("chat_template") {
+        let config_template = match config.get("chat_template") {
             Some(Value::String(t)) => Some(t.clone()),
             // Newer checkpoints list named templates; "default" is the chat one.
             Some(Value::Array(named)) => named
@@ -130,7 +163,7 @@ impl TextTokenizer {
         };
         Ok(Self {
             inner,
-            chat_template,
+            chat_template: file_template.or(config_template),
             bos_token: token_text(config.get("bos_token")),
             eos_token: token_text(config.get("eos_token")),
         })
@@ -207,27 +240,12 @@ impl TextTokenizer {
             .chat_template
             .as_deref()
             .ok_or(TokenizerError::NoChatTemplate)?;
-        let mut env = Environment::new();
-        // HF templates call Python string methods (.strip(), .startswith(), ...).
-        env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
-        env.add_function(
-            "raise_exception",
-            |msg: String| -> Result<String, JinjaError> {
-                Err(JinjaError::new(ErrorKind::InvalidOperation, msg))
-            },
-        );
-        env.add_template("chat", template)
-            .map_err(|e| TokenizerError::Template(e.to_string()))?;
-        let tmpl = env
-            .get_template("chat")
-            .map_err(|e| TokenizerError::Template(e.to_string()))?;
-        tmpl.render(context! {
-            messages => messages,
-            add_generation_prompt => add_generation_prompt,
-            bos_token => self.bos_token.clone().unwrap_or_default(),
-            eos_token => self.eos_token.clone().unwrap_or_default(),
-        })
-        .map_err(|e| TokenizerError::Template(e.to_string()))
+        let ctx = chat::ChatContext {
+            add_generation_prompt,
+            bos_token: self.bos_token.as_deref().unwrap_or_default(),
+            eos_token: self.eos_token.as_deref().unwrap_or_default(),
+        };
+        chat::render(template, messages, &ctx)
     }
 
     /// Ids of the end-of-turn tokens a chat template may emit, which end an answer

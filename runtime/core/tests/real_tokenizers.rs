@@ -1,0 +1,151 @@
+//! Real checkpoints' tokenizer and chat-template files (runtime/tests/fixtures/real,
+//! sources in its README) give the ids and prompts `transformers` gives for them, as
+//! recorded by scripts/fixtures/tokenizer_reference.py in each `reference.json`.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use dfastllm_core::tokenizer::{ChatMessage, TextTokenizer};
+use serde_json::Value;
+
+fn fixture(family: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../tests/fixtures/real")
+        .join(family)
+}
+
+/// A copy of a fixture directory with its `.gz` files uncompressed, minus `leave_out`.
+fn unpacked(family: &str, leave_out: &[&str]) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for entry in std::fs::read_dir(fixture(family)).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_str().unwrap().to_string();
+        let (target, bytes) = match name.strip_suffix(".gz") {
+            Some(plain) => {
+                let mut bytes = Vec::new();
+                flate2::read::GzDecoder::new(std::fs::File::open(&path).unwrap())
+                    .read_to_end(&mut bytes)
+                    .unwrap();
+                (plain.to_string(), bytes)
+            }
+            None => (name.clone(), std::fs::read(&path).unwrap()),
+        };
+        if !leave_out.contains(&target.as_str()) {
+            std::fs::write(dir.path().join(target), bytes).unwrap();
+        }
+    }
+    dir
+}
+
+fn reference(family: &str) -> Value {
+    let text = std::fs::read_to_string(fixture(family).join("reference.json")).unwrap();
+    serde_json::from_str(&text).unwrap()
+}
+
+fn ids(v: &Value) -> Vec<u32> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i.as_u64().unwrap() as u32)
+        .collect()
+}
+
+/// Every recorded string encodes to transformers' ids and decodes back to its text.
+fn check_encodings(tok: &TextTokenizer, reference: &Value) {
+    let cases = reference["encode"].as_array().unwrap();
+    assert!(cases.len() >= 30, "the reference covers ~30 strings");
+    for case in cases {
+        let text = case["text"].as_str().unwrap();
+        assert_eq!(
+            tok.encode(text).unwrap(),
+            ids(&case["ids"]),
+            "encoding {text:?}"
+        );
+        let decoded = tok.decode(&ids(&case["ids"])).unwrap();
+        assert_eq!(
+            decoded,
+            case["decoded"].as_str().unwrap(),
+            "decoding {text:?}"
+        );
+    }
+}
+
+fn messages(v: &Value) -> Vec<ChatMessage> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|m| ChatMessage::new(m["role"].as_str().unwrap(), m["content"].as_str().unwrap()))
+        .collect()
+}
+
+/// Every recorded conversation renders to transformers' prompt (and, where recorded,
+/// its ids).
+fn check_chats(tok: &TextTokenizer, reference: &Value) {
+    for case in reference["chat"].as_array().unwrap() {
+        let gen = case["add_generation_prompt"].as_bool().unwrap();
+        let text = tok
+            .apply_chat_template(&messages(&case["messages"]), gen)
+            .unwrap();
+        assert_eq!(text, case["text"].as_str().unwrap());
+        if let Some(expected) = case.get("ids") {
+            assert_eq!(tok.encode(&text).unwrap(), ids(expected), "ids of {text:?}");
+        }
+    }
+}
+
+#[test]
+fn dream_without_tokenizer_json_tokenizes_and_templates_as_transformers_does() {
+    let dir = unpacked("dream-v0-instruct-7b", &[]);
+    assert!(
+        !dir.path().join("tokenizer.json").exists(),
+        "Dream ships none"
+    );
+    let tok = TextTokenizer::load(dir.path()).unwrap();
+    let reference = reference("dream-v0-instruct-7b");
+    check_encodings(&tok, &reference);
+    check_chats(&tok, &reference);
+    assert_eq!(tok.token_id("<|mask|>"), Some(151666));
+    assert!(
+        tok.end_of_turn_ids().contains(&151645),
+        "<|im_end|> ends a turn"
+    );
+}
+
+#[test]
+fn phi2_from_its_tokenizer_json_and_rebuilt_from_vocab_and_merges_agree_with_transformers() {
+    let reference = reference("phi-2");
+    let published = unpacked("phi-2", &[]);
+    check_encodings(&TextTokenizer::load(published.path()).unwrap(), &reference);
+    let rebuilt = unpacked("phi-2", &["tokenizer.json"]);
+    check_encodings(&TextTokenizer::load(rebuilt.path()).unwrap(), &reference);
+}
+
+#[test]
+fn llada_chat_template_renders_as_transformers_renders_it() {
+    // LLaDA's tokenizer.json is not among the fixtures: its real tokenizer_config.json
+    // (template, bos/eos strings) over another vocabulary renders the same text.
+    let dir = unpacked("phi-2", &[]);
+    std::fs::copy(
+        fixture("llada-8b-instruct").join("tokenizer_config.json"),
+        dir.path().join("tokenizer_config.json"),
+    )
+    .unwrap();
+    let tok = TextTokenizer::load(dir.path()).unwrap();
+    check_chats(&tok, &reference("llada-8b-instruct"));
+}
+
+#[test]
+fn an_unknown_slow_tokenizer_class_is_refused_by_name() {
+    let dir = unpacked("phi-2", &["tokenizer.json"]);
+    std::fs::write(
+        dir.path().join("tokenizer_config.json"),
+        r#"{"tokenizer_class": "BertTokenizer"}"#,
+    )
+    .unwrap();
+    let err = TextTokenizer::load(dir.path()).unwrap_err().to_string();
+    assert!(err.contains("tokenizer_class \"BertTokenizer\""), "{err}");
+    let sp = tempfile::tempdir().unwrap();
+    std::fs::write(sp.path().join("tokenizer.model"), b"").unwrap();
+    let err = TextTokenizer::load(sp.path()).unwrap_err().to_string();
+    assert!(err.contains("sentencepiece tokenizer.model"), "{err}");
+}
