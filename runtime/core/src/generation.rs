@@ -59,7 +59,7 @@ impl Generator {
 
     pub fn prompt_ids(&self, prompt: &Prompt) -> Result<Vec<u32>, GenerationError> {
         Ok(match prompt {
-            Prompt::Text(text) => self.tokenizer.encode(text)?,
+            Prompt::Text(text) => self.tokenizer.encode_plain(text)?,
             Prompt::Chat(messages) => {
                 let text = self.tokenizer.apply_chat_template(messages, true)?;
                 self.tokenizer.encode(&text)?

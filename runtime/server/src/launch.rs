@@ -169,6 +169,7 @@ fn load_and_schedule(
         architecture = model.architecture.name(),
         device = device::describe(&device),
         dtype = ?model.dtype,
+        dtype_reason = %model.dtype_reason,
         demo_weights = model.is_demo,
         load_seconds = started.elapsed().as_secs_f64(),
         "model loaded and warmed up"

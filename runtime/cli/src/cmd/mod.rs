@@ -21,7 +21,7 @@ pub struct ModelArgs {
     /// auto (CUDA when built with it and a GPU answers, else CPU), cpu, cuda, cuda:N.
     #[arg(long, env = "DFASTLLM_DEVICE", default_value = "auto")]
     pub device: DeviceChoice,
-    /// auto (config.json's torch_dtype on GPU, f32 on CPU), f32, f16, bf16.
+    /// auto (on GPU: config.json's dtype/torch_dtype, else the weights' stored format; f32 on CPU), f32, f16, bf16.
     #[arg(long, env = "DFASTLLM_DTYPE", default_value = "auto")]
     pub dtype: DTypeChoice,
 }

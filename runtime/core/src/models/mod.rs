@@ -12,6 +12,7 @@
 pub mod bidirectional;
 pub mod causal;
 pub mod dream;
+pub mod dtype;
 pub mod gpt2;
 mod hf;
 pub mod llada;
@@ -29,6 +30,7 @@ use candle_core::{DType, Device, Tensor};
 use serde_json::Value;
 
 pub use bidirectional::{KvCache, KvCacheMode};
+pub use dtype::{DTypeChoice, DTypeDecision};
 pub use loader::{load_checkpoint, weight_files, ModelError, DEMO_MARKER};
 
 /// Grid columns a cached pass recomputes to produce logits for `positions`, for a model
@@ -148,38 +150,6 @@ impl FromStr for Architecture {
 impl fmt::Display for Architecture {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.name())
-    }
-}
-
-/// `--dtype`: `auto` follows config.json's `torch_dtype` on GPUs and uses f32 on the
-/// CPU, where candle's half-precision matmuls are several times slower than f32.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-#[value(rename_all = "lowercase")]
-pub enum DTypeChoice {
-    Auto,
-    #[value(alias = "float32")]
-    F32,
-    #[value(aliases = ["float16", "half"])]
-    F16,
-    #[value(alias = "bfloat16")]
-    Bf16,
-}
-
-crate::named_enum!(DTypeChoice, "dtype", true);
-
-impl DTypeChoice {
-    pub fn resolve(self, config: &Value, device: &Device) -> DType {
-        match self {
-            Self::F32 => DType::F32,
-            Self::F16 => DType::F16,
-            Self::Bf16 => DType::BF16,
-            Self::Auto if device.is_cpu() => DType::F32,
-            Self::Auto => match config.get("torch_dtype").and_then(Value::as_str) {
-                Some("bfloat16") => DType::BF16,
-                Some("float16") => DType::F16,
-                _ => DType::F32,
-            },
-        }
     }
 }
 
@@ -392,6 +362,8 @@ pub struct LoadedModel {
     pub network: Network,
     pub special: SpecialTokens,
     pub dtype: DType,
+    /// Why `dtype` was chosen, for the load log line.
+    pub dtype_reason: String,
     pub device: Device,
     pub dir: PathBuf,
     /// Set in config.json by `dfastllm demo-model`: the weights are random.
@@ -418,8 +390,13 @@ pub fn load(dir: &Path, device: &Device, dtype: DTypeChoice) -> Result<LoadedMod
             path: config_path.clone(),
             message,
         })?;
-    let dtype = dtype.resolve(&config, device);
     let files = weight_files(dir)?;
+    let decision = dtype.resolve(
+        dtype::declared(&config),
+        dtype::stored(&files)?,
+        device.is_cpu(),
+    );
+    let dtype = decision.dtype;
     let vb = loader::var_builder(&files, dtype, device)?;
     let diffusion = |m: Box<dyn DiffusionLm>| Network::Diffusion(m);
     let causal = |m: causal::CausalModel| Network::Causal(Box::new(m));
@@ -453,6 +430,7 @@ pub fn load(dir: &Path, device: &Device, dtype: DTypeChoice) -> Result<LoadedMod
         network: model,
         special,
         dtype,
+        dtype_reason: decision.reason,
         device: device.clone(),
         dir: dir.to_path_buf(),
         is_demo: config.get(DEMO_MARKER).is_some(),
@@ -506,15 +484,6 @@ mod tests {
             .unwrap_err()
             .contains("bert"));
         assert!(Architecture::from_config(&json!({})).is_err());
-    }
-
-    #[test]
-    fn auto_dtype_is_f32_on_cpu_and_follows_config_elsewhere() {
-        let cfg = json!({"torch_dtype": "bfloat16"});
-        assert_eq!(DTypeChoice::Auto.resolve(&cfg, &Device::Cpu), DType::F32);
-        assert_eq!(DTypeChoice::Bf16.resolve(&cfg, &Device::Cpu), DType::BF16);
-        assert_eq!("float16".parse::<DTypeChoice>(), Ok(DTypeChoice::F16));
-        assert!("f8".parse::<DTypeChoice>().is_err());
     }
 
     #[test]

@@ -46,6 +46,9 @@ pub struct TextTokenizer {
     chat_template: Option<String>,
     bos_token: Option<String>,
     eos_token: Option<String>,
+    /// tokenizer_config.json's `add_bos_token` / `add_eos_token`, where it says.
+    add_bos: Option<bool>,
+    add_eos: Option<bool>,
 }
 
 impl std::fmt::Debug for TextTokenizer {
@@ -166,6 +169,8 @@ impl TextTokenizer {
             chat_template: file_template.or(config_template),
             bos_token: token_text(config.get("bos_token")),
             eos_token: token_text(config.get("eos_token")),
+            add_bos: config.get("add_bos_token").and_then(Value::as_bool),
+            add_eos: config.get("add_eos_token").and_then(Value::as_bool),
         })
     }
 
@@ -176,6 +181,31 @@ impl TextTokenizer {
             .encode(text, false)
             .map(|e| e.get_ids().to_vec())
             .map_err(|e| TokenizerError::Tokenize(e.to_string()))
+    }
+
+    /// Token ids of a plain prompt (completions, `/generate`, `generate --prompt`) as
+    /// transformers' `tokenizer(text)` gives them: the post-processor's special tokens
+    /// (TinyLlama's and Llama 3's BOS), and BOS/EOS where tokenizer_config.json's
+    /// `add_bos_token`/`add_eos_token` ask for them and the post-processor did not add
+    /// them. Chat prompts use [`Self::encode`]: their template writes the specials.
+    pub fn encode_plain(&self, text: &str) -> Result<Vec<u32>, TokenizerError> {
+        let mut ids = self
+            .inner
+            .encode(text, true)
+            .map(|e| e.get_ids().to_vec())
+            .map_err(|e| TokenizerError::Tokenize(e.to_string()))?;
+        let id_of = |t: &Option<String>| t.as_deref().and_then(|t| self.token_id(t));
+        if let (Some(true), Some(bos)) = (self.add_bos, id_of(&self.bos_token)) {
+            if ids.first() != Some(&bos) {
+                ids.insert(0, bos);
+            }
+        }
+        if let (Some(true), Some(eos)) = (self.add_eos, id_of(&self.eos_token)) {
+            if ids.last() != Some(&eos) {
+                ids.push(eos);
+            }
+        }
+        Ok(ids)
     }
 
     /// Text of `ids`, special tokens left out.
@@ -340,6 +370,25 @@ mod tests {
         assert!(tok
             .end_of_turn_ids()
             .contains(&tok.token_id("<|im_end|>").unwrap()));
+    }
+
+    #[test]
+    fn plain_prompts_get_the_bos_tokenizer_config_asks_for() {
+        let (dir, tok) = demo(Architecture::Llama);
+        assert_eq!(tok.encode_plain("hi").unwrap(), tok.encode("hi").unwrap());
+        let path = dir.path().join("tokenizer_config.json");
+        let mut config: Value =
+            serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        config["add_bos_token"] = Value::Bool(true);
+        std::fs::write(&path, config.to_string()).unwrap();
+        let tok = TextTokenizer::load(dir.path()).unwrap();
+        let bos = tok.token_id("<s>").unwrap();
+        assert_eq!(tok.encode_plain("hi").unwrap(), vec![bos, 104, 105]);
+        assert_eq!(
+            tok.encode("hi").unwrap(),
+            vec![104, 105],
+            "chat prompts: the template's own"
+        );
     }
 
     #[test]

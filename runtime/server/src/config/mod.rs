@@ -129,7 +129,7 @@ pub struct ModelLayer {
         skip_serializing_if = "Option::is_none"
     )]
     pub device: Option<DeviceChoice>,
-    /// auto (config.json's torch_dtype on GPU, f32 on CPU), f32, f16, bf16.
+    /// auto (on GPU: config.json's dtype/torch_dtype, else the weights' stored format; f32 on CPU), f32, f16, bf16.
     #[arg(id = "model.dtype", long = "dtype", env = "DFASTLLM_DTYPE")]
     #[serde(
         default,

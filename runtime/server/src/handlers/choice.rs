@@ -76,13 +76,28 @@ impl Job {
     }
 }
 
-pub fn encode_prompt(info: &ModelInfo, text: &str, param: &str) -> Result<Vec<u32>, ApiError> {
+/// How a prompt's text became text: a plain prompt, or a rendered chat template (which
+/// wrote its own special tokens).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PromptKind {
+    Plain,
+    Chat,
+}
+
+pub fn encode_prompt(
+    info: &ModelInfo,
+    text: &str,
+    param: &str,
+    kind: PromptKind,
+) -> Result<Vec<u32>, ApiError> {
     if text.is_empty() {
         return Err(ApiError::invalid(param, "the prompt must not be empty"));
     }
-    info.tokenizer
-        .encode(text)
-        .map_err(|e| ApiError::invalid(param, e.to_string()))
+    let ids = match kind {
+        PromptKind::Plain => info.tokenizer.encode_plain(text),
+        PromptKind::Chat => info.tokenizer.encode(text),
+    };
+    ids.map_err(|e| ApiError::invalid(param, e.to_string()))
 }
 
 /// How many of `ids` it takes to reach past `text_len` bytes of decoded text: the

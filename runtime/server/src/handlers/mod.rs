@@ -19,7 +19,7 @@ use crate::openai::{
     chat_logprobs, completion_logprobs, resolve, ChatRequest, CompletionRequest, GenerateRequest,
 };
 use crate::{ApiJson, AppState, ModelInfo};
-use choice::{account, encode_prompt, run_choice, Job};
+use choice::{account, encode_prompt, run_choice, Job, PromptKind};
 use responses::{unix_now, Dialect, Shape};
 use sse::{sse, Frames, Item};
 
@@ -87,7 +87,7 @@ pub async fn completions(
         .into_vec();
     let ids = prompts
         .iter()
-        .map(|p| encode_prompt(&info, p, "prompt"))
+        .map(|p| encode_prompt(&info, p, "prompt", PromptKind::Plain))
         .collect::<Result<Vec<_>, _>>()?;
     let mut resolved = resolved;
     resolved.sampling.autoregressive.logprobs = completion_logprobs(req.logprobs)?;
@@ -116,7 +116,7 @@ pub async fn chat_completions(
         .tokenizer
         .apply_chat_template(&messages, true)
         .map_err(|e| ApiError::invalid("messages", e.to_string()))?;
-    let ids = encode_prompt(&info, &prompt, "messages")?;
+    let ids = encode_prompt(&info, &prompt, "messages", PromptKind::Chat)?;
     let mut resolved = resolved;
     resolved.sampling.autoregressive.logprobs = chat_logprobs(req.logprobs, req.top_logprobs)?;
     let logprobs = resolved.sampling.autoregressive.logprobs.is_some();
@@ -147,7 +147,7 @@ pub async fn generate(
     let prompt = req
         .prompt
         .ok_or_else(|| ApiError::invalid("prompt", "prompt is required"))?;
-    let ids = encode_prompt(&info, &prompt, "prompt")?;
+    let ids = encode_prompt(&info, &prompt, "prompt", PromptKind::Plain)?;
     let job = Job::new(&info, vec![ids], resolved)?;
     let shape = Shape::new(
         Dialect::Generate,
