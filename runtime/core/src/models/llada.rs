@@ -29,24 +29,120 @@ pub struct Config {
     pub weight_tying: bool,
 }
 
+/// The switches of LLaDA's (OLMo's) `ModelConfig` this file implements one setting of:
+/// (field, upstream default when absent, the values accepted, what the others would
+/// need). Every other value is refused at load, by name, rather than run wrong.
+fn switches() -> Vec<(&'static str, Value, Vec<Value>, &'static str)> {
+    let s = |v: &str| Value::String(v.into());
+    let b = Value::Bool;
+    vec![
+        (
+            "block_type",
+            s("sequential"),
+            vec![s("llama")],
+            "the OLMo sequential/parallel blocks",
+        ),
+        (
+            "activation_type",
+            s("swiglu"),
+            vec![s("silu")],
+            "another MLP activation",
+        ),
+        (
+            "layer_norm_type",
+            s("default"),
+            vec![s("rms")],
+            "LayerNorm instead of RMSNorm",
+        ),
+        (
+            "layer_norm_with_affine",
+            b(true),
+            vec![b(true)],
+            "norms without weights",
+        ),
+        (
+            "bias_for_layer_norm",
+            Value::Null,
+            vec![Value::Null, b(false)],
+            "norm biases",
+        ),
+        (
+            "rope",
+            b(false),
+            vec![b(true)],
+            "positions without rotary embeddings",
+        ),
+        ("alibi", b(false), vec![b(false)], "ALiBi positions"),
+        (
+            "attention_layer_norm",
+            b(false),
+            vec![b(false)],
+            "query/key norms",
+        ),
+        ("include_bias", b(false), vec![b(false)], "linear biases"),
+        (
+            "include_qkv_bias",
+            b(false),
+            vec![b(false), Value::Null],
+            "q/k/v biases",
+        ),
+        (
+            "scale_logits",
+            b(false),
+            vec![b(false)],
+            "logits scaled by 1/sqrt(d_model)",
+        ),
+        (
+            "input_emb_norm",
+            b(false),
+            vec![b(false)],
+            "a norm on the input embeddings",
+        ),
+        (
+            "multi_query_attention",
+            Value::Null,
+            vec![Value::Null, b(false)],
+            "multi-query attention (set n_kv_heads instead)",
+        ),
+    ]
+}
+
+/// Refuses, naming the field, every switch set to what this file does not implement.
+pub fn check_switches(v: &Value, path: &Path) -> std::result::Result<(), ModelError> {
+    for (field, default, accepted, needs) in switches() {
+        let value = v.get(field).cloned().unwrap_or(default);
+        if !accepted.contains(&value) {
+            return Err(ModelError::InvalidFile {
+                path: path.to_path_buf(),
+                message: format!(
+                    "{field}: {value} is not supported (it needs {needs}; dfastllm runs {field} = {})",
+                    accepted[0]
+                ),
+            });
+        }
+    }
+    Ok(())
+}
+
 impl Config {
     pub fn from_value(v: &Value, path: &Path) -> std::result::Result<Self, ModelError> {
+        check_switches(v, path)?;
         let d_model = usize_field(v, "d_model", path)?;
         let n_heads = usize_field(v, "n_heads", path)?;
         // Upstream leaves n_kv_heads null for plain multi-head attention.
         let n_kv_heads = usize_field(v, "n_kv_heads", path).unwrap_or(n_heads);
-        let embedding_size = usize_field(v, "embedding_size", path)
-            .or_else(|_| usize_field(v, "vocab_size", path))?;
-        if v.get("include_bias")
-            .and_then(Value::as_bool)
-            .unwrap_or(false)
-        {
-            return Err(ModelError::InvalidFile {
-                path: path.to_path_buf(),
-                message: "include_bias: true is not supported (no LLaDA release uses biases)"
-                    .into(),
-            });
-        }
+        // Upstream's defaults: an absent embedding_size is 50304, a null one vocab_size.
+        let embedding_size = match v.get("embedding_size") {
+            None => 50_304,
+            Some(Value::Null) => usize_field(v, "vocab_size", path)?,
+            Some(_) => usize_field(v, "embedding_size", path)?,
+        };
+        let mlp_hidden_size = match v.get("mlp_hidden_size") {
+            None | Some(Value::Null) => {
+                v.get("mlp_ratio").and_then(Value::as_u64).unwrap_or(4) as usize * d_model
+            }
+            Some(_) => usize_field(v, "mlp_hidden_size", path)?,
+        };
         check_heads(d_model, n_heads, n_kv_heads).map_err(|message| ModelError::InvalidFile {
             path: path.to_path_buf(),
             message,
@@ -56,15 +152,16 @@ impl Config {
             n_layers: usize_field(v, "n_layers", path)?,
             n_heads,
             n_kv_heads,
-            mlp_hidden_size: usize_field(v, "mlp_hidden_size", path)?,
+            mlp_hidden_size,
             embedding_size,
             rope_theta: f64_field(v, "rope_theta", 10_000.0),
             rms_norm_eps: f64_field(v, "rms_norm_eps", 1e-5),
-            max_sequence_length: usize_field(v, "max_sequence_length", path).unwrap_or(4096),
+            max_sequence_length: usize_field(v, "max_sequence_length", path).unwrap_or(1024),
+            // Upstream ties the LM head unless a config says otherwise (every release does).
             weight_tying: v
                 .get("weight_tying")
                 .and_then(Value::as_bool)
-                .unwrap_or(false),
+                .unwrap_or(true),
         })
     }
 }
@@ -171,5 +268,77 @@ impl DiffusionLm for Llada {
 
     fn dtype(&self) -> DType {
         self.lm_head.weight().dtype()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn real() -> Value {
+        serde_json::from_str(include_str!(
+            "../../../tests/fixtures/real/llada-8b-instruct/config.json"
+        ))
+        .unwrap()
+    }
+
+    #[test]
+    fn the_real_llada_8b_config_reads_as_upstream_reads_it() {
+        let c = Config::from_value(&real(), Path::new("config.json")).unwrap();
+        assert_eq!(
+            (c.d_model, c.n_layers, c.n_heads, c.n_kv_heads),
+            (4096, 32, 32, 32)
+        );
+        assert_eq!((c.mlp_hidden_size, c.embedding_size), (12288, 126464));
+        assert_eq!((c.max_sequence_length, c.weight_tying), (4096, false));
+        assert_eq!(c.rope_theta, 500000.0);
+    }
+
+    #[test]
+    fn every_unimplemented_switch_is_refused_by_name() {
+        let flips = [
+            ("block_type", serde_json::json!("sequential")),
+            ("activation_type", serde_json::json!("swiglu")),
+            ("layer_norm_type", serde_json::json!("default")),
+            ("rope", serde_json::json!(false)),
+            ("alibi", serde_json::json!(true)),
+            ("attention_layer_norm", serde_json::json!(true)),
+            ("include_bias", serde_json::json!(true)),
+            ("include_qkv_bias", serde_json::json!(true)),
+            ("scale_logits", serde_json::json!(true)),
+            ("input_emb_norm", serde_json::json!(true)),
+            ("layer_norm_with_affine", serde_json::json!(false)),
+        ];
+        for (field, value) in flips {
+            let mut v = real();
+            v[field] = value;
+            let err = Config::from_value(&v, Path::new("config.json"))
+                .unwrap_err()
+                .to_string();
+            assert!(err.starts_with(&format!("config.json: {field}: ")), "{err}");
+        }
+        // Absent switches take upstream's defaults, which are not LLaDA's settings.
+        let mut v = real();
+        v.as_object_mut().unwrap().remove("rope");
+        assert!(Config::from_value(&v, Path::new("c")).is_err());
+    }
+
+    #[test]
+    fn missing_sizes_take_upstreams_defaults() {
+        let mut v = real();
+        let o = v.as_object_mut().unwrap();
+        for k in [
+            "max_sequence_length",
+            "weight_tying",
+            "mlp_hidden_size",
+            "embedding_size",
+        ] {
+            o.remove(k);
+        }
+        let c = Config::from_value(&v, Path::new("c")).unwrap();
+        assert_eq!(c.max_sequence_length, 1024);
+        assert!(c.weight_tying);
+        assert_eq!(c.mlp_hidden_size, 4 * 4096, "mlp_ratio x d_model");
+        assert_eq!(c.embedding_size, 50304);
     }
 }
