@@ -543,3 +543,44 @@ fn serve_print_config_shows_each_values_origin_and_reads_back() {
         "--max-queue's default: {help}"
     );
 }
+
+#[test]
+fn demo_model_like_a_real_checkpoint_then_generate() {
+    let phi = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/real/phi-2");
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().to_str().unwrap();
+    let o = dfastllm(&[
+        "demo-model",
+        "--like",
+        phi.to_str().unwrap(),
+        "--out",
+        out,
+        "--layers",
+        "1",
+        "--hidden",
+        "32",
+        "--heads",
+        "2",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = dfastllm(&[
+        "generate",
+        "--model",
+        out,
+        "--prompt",
+        "Hello, world!",
+        "--max-tokens",
+        "2",
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(
+        v["prompt_token_ids"],
+        serde_json::json!([15496, 11, 995, 0])
+    );
+    // --like takes the vocabulary from the checkpoint: --vocab is refused with it.
+    let o = dfastllm(&["demo-model", "--like", out, "--out", out, "--vocab", "400"]);
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("--vocab"));
+}

@@ -18,11 +18,10 @@ impl Layout for Dream {
         (heads / 2).max(1)
     }
 
-    fn weights(&self, spec: &DemoSpec, ws: &mut WeightSet) {
+    fn weights(&self, spec: &DemoSpec, tied: bool, ws: &mut WeightSet) {
         let like = LlamaLike {
             qkv_bias: true,
-            tied_head: false,
-            embedding_std: 1.0,
+            tied_head: tied,
         };
         llama_like_weights(spec, ws, like);
     }

@@ -3,6 +3,7 @@
 
 use serde_json::{json, Value};
 
+use super::like::SizeFields;
 use super::{endoftext_generation_config, DemoSpec, Layout, Tokens, WeightSet};
 
 pub struct Gpt2;
@@ -12,7 +13,29 @@ impl Layout for Gpt2 {
         &["<|endoftext|>"]
     }
 
-    fn weights(&self, spec: &DemoSpec, ws: &mut WeightSet) {
+    fn demo_ties(&self) -> bool {
+        true
+    }
+
+    fn ties_by_default(&self) -> bool {
+        true
+    }
+
+    fn size_fields(&self) -> SizeFields {
+        SizeFields {
+            layers: "n_layer",
+            hidden: "n_embd",
+            heads: "n_head",
+            kv_heads: None,
+            intermediate: "n_inner",
+            vocab: &["vocab_size"],
+            context: "n_positions",
+            tied: "tie_word_embeddings",
+        }
+    }
+
+    /// GPT-2's LM head is always the embedding.
+    fn weights(&self, spec: &DemoSpec, _tied: bool, ws: &mut WeightSet) {
         let (h, v, i, _) = spec.dims();
         // Tied LM head: a small embedding scale (see `LlamaLike::embedding_std`).
         ws.embedding_std("transformer.wte", v, h, 0.1);

@@ -3,6 +3,7 @@
 
 use serde_json::{json, Value};
 
+use super::like::SizeFields;
 use super::{DemoSpec, Layout, Tokens, WeightSet};
 
 pub struct Llada;
@@ -21,7 +22,24 @@ impl Layout for Llada {
         ]
     }
 
-    fn weights(&self, spec: &DemoSpec, ws: &mut WeightSet) {
+    fn ties_by_default(&self) -> bool {
+        true
+    }
+
+    fn size_fields(&self) -> SizeFields {
+        SizeFields {
+            layers: "n_layers",
+            hidden: "d_model",
+            heads: "n_heads",
+            kv_heads: Some("n_kv_heads"),
+            intermediate: "mlp_hidden_size",
+            vocab: &["embedding_size", "vocab_size"],
+            context: "max_sequence_length",
+            tied: "weight_tying",
+        }
+    }
+
+    fn weights(&self, spec: &DemoSpec, tied: bool, ws: &mut WeightSet) {
         let (h, v, i, kv) = spec.dims();
         ws.embedding("model.transformer.wte", v, h);
         for l in 0..spec.layers {
@@ -37,7 +55,9 @@ impl Layout for Llada {
             ws.linear(&format!("{b}.ff_out"), h, i);
         }
         ws.norm("model.transformer.ln_f", h);
-        ws.linear("model.transformer.ff_out", v, h);
+        if !tied {
+            ws.linear("model.transformer.ff_out", v, h);
+        }
     }
 
     fn config(&self, spec: &DemoSpec) -> Value {

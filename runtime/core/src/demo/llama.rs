@@ -15,15 +15,15 @@ pub(super) struct LlamaLike {
     pub qkv_bias: bool,
     /// The LM head is the embedding (no `lm_head.weight`).
     pub tied_head: bool,
-    /// A tied LM head scores each token by its embedding: with unit-scale embeddings
-    /// the residual stream keeps the input token on top and greedy decoding repeats it
-    /// forever, which makes a useless parity test; tied models use a smaller scale.
-    pub embedding_std: f32,
 }
 
 pub(super) fn llama_like_weights(spec: &DemoSpec, ws: &mut WeightSet, like: LlamaLike) {
     let (h, v, i, kv) = spec.dims();
-    ws.embedding_std("model.embed_tokens", v, h, like.embedding_std);
+    // A tied LM head scores each token by its embedding: with unit-scale embeddings the
+    // residual stream keeps the input token on top and greedy decoding repeats it
+    // forever, which makes a useless parity test; tied models use a smaller scale.
+    let embedding_std = if like.tied_head { 0.1 } else { 1.0 };
+    ws.embedding_std("model.embed_tokens", v, h, embedding_std);
     for l in 0..spec.layers {
         let b = format!("model.layers.{l}");
         ws.norm(&format!("{b}.input_layernorm"), h);
@@ -54,11 +54,10 @@ impl Layout for Llama {
         (heads / 2).max(1)
     }
 
-    fn weights(&self, spec: &DemoSpec, ws: &mut WeightSet) {
+    fn weights(&self, spec: &DemoSpec, tied: bool, ws: &mut WeightSet) {
         let like = LlamaLike {
             qkv_bias: false,
-            tied_head: false,
-            embedding_std: 1.0,
+            tied_head: tied,
         };
         llama_like_weights(spec, ws, like);
     }

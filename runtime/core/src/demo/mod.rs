@@ -13,6 +13,7 @@
 
 mod dream;
 mod gpt2;
+mod like;
 mod llada;
 mod llama;
 mod phi;
@@ -33,6 +34,7 @@ use tokenizers::{AddedToken, Tokenizer};
 use crate::models::Architecture;
 use crate::models::DEMO_MARKER;
 use crate::tokenizer::byte_to_char;
+pub use like::{write_like, Shrink};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DemoError {
@@ -165,8 +167,24 @@ trait Layout: Sync {
         heads
     }
 
-    /// Every tensor, in a fixed order (the seeded values follow it).
-    fn weights(&self, spec: &DemoSpec, ws: &mut WeightSet);
+    /// Every tensor, in a fixed order (the seeded values follow it); a `tied` LM head
+    /// is the embedding and gets no tensor of its own.
+    fn weights(&self, spec: &DemoSpec, tied: bool, ws: &mut WeightSet);
+
+    /// Whether the demo checkpoint ties its LM head (as the family's small releases do).
+    fn demo_ties(&self) -> bool {
+        false
+    }
+
+    /// Whether upstream ties the LM head when config.json does not say.
+    fn ties_by_default(&self) -> bool {
+        false
+    }
+
+    /// Where config.json keeps the sizes.
+    fn size_fields(&self) -> like::SizeFields {
+        like::HF_SIZES
+    }
 
     /// config.json, without the demo marker.
     fn config(&self, spec: &DemoSpec) -> Value;
@@ -286,14 +304,15 @@ impl WeightSet {
     }
 }
 
-fn weights(spec: &DemoSpec) -> WeightSet {
+fn weights(spec: &DemoSpec, tied: Option<bool>) -> WeightSet {
     let mut ws = WeightSet {
         tensors: Vec::new(),
         init: Init {
             rng: ChaCha8Rng::seed_from_u64(spec.seed),
         },
     };
-    layout(spec.arch).weights(spec, &mut ws);
+    let layout = layout(spec.arch);
+    layout.weights(spec, tied.unwrap_or_else(|| layout.demo_ties()), &mut ws);
     ws
 }
 
@@ -376,8 +395,8 @@ fn write_json(path: &Path, value: &Value) -> Result<(), DemoError> {
     write_file(path, text.as_bytes())
 }
 
-fn write_weights(spec: &DemoSpec, out: &Path) -> Result<(), DemoError> {
-    let set = weights(spec);
+fn write_weights(spec: &DemoSpec, tied: Option<bool>, out: &Path) -> Result<(), DemoError> {
+    let set = weights(spec, tied);
     let st_dtype = match spec.dtype {
         DemoDType::F32 => Dtype::F32,
         DemoDType::F16 => Dtype::F16,
@@ -450,7 +469,7 @@ pub fn write_demo_model(spec: &DemoSpec, out: &Path) -> Result<(), DemoError> {
             path: tokenizer_path.clone(),
             message: e.to_string(),
         })?;
-    write_weights(spec, out)
+    write_weights(spec, None, out)
 }
 
 #[cfg(test)]

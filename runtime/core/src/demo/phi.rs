@@ -12,7 +12,7 @@ impl Layout for Phi {
         &["<|endoftext|>"]
     }
 
-    fn weights(&self, spec: &DemoSpec, ws: &mut WeightSet) {
+    fn weights(&self, spec: &DemoSpec, tied: bool, ws: &mut WeightSet) {
         let (h, v, i, kv) = spec.dims();
         ws.embedding("model.embed_tokens", v, h);
         for l in 0..spec.layers {
@@ -25,7 +25,9 @@ impl Layout for Phi {
             ws.linear_bias(&format!("{b}.mlp.fc2"), h, i);
         }
         ws.layer_norm("model.final_layernorm", h);
-        ws.linear_bias("lm_head", v, h);
+        if !tied {
+            ws.linear_bias("lm_head", v, h);
+        }
     }
 
     fn config(&self, spec: &DemoSpec) -> Value {

@@ -39,12 +39,15 @@ impl Layout for Qwen2 {
         (heads / 2).max(1)
     }
 
-    fn weights(&self, spec: &DemoSpec, ws: &mut WeightSet) {
-        // Qwen2's small releases tie the LM head to the embedding.
+    /// Qwen2's small releases tie the LM head to the embedding.
+    fn demo_ties(&self) -> bool {
+        true
+    }
+
+    fn weights(&self, spec: &DemoSpec, tied: bool, ws: &mut WeightSet) {
         let like = LlamaLike {
             qkv_bias: true,
-            tied_head: true,
-            embedding_std: 0.1,
+            tied_head: tied,
         };
         llama_like_weights(spec, ws, like);
     }

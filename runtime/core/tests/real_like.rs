@@ -1,0 +1,164 @@
+//! `demo-model --like` on real checkpoints' metadata (runtime/tests/fixtures/real):
+//! shrunk random weights in the real layout load through the same path as a real
+//! download, with the real vocabulary, special ids, tokenizer and template.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device};
+use dfastllm_core::decoding::SamplingParams;
+use dfastllm_core::demo::{write_like, DemoDType, Shrink};
+use dfastllm_core::generation::{Generator, Prompt};
+use dfastllm_core::models::{self, DTypeChoice, ModelKind};
+use dfastllm_core::tokenizer::ChatMessage;
+
+fn fixture(family: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../tests/fixtures/real")
+        .join(family)
+}
+
+/// The fixture directory as a real download has it (vocabularies uncompressed).
+fn download(family: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for entry in std::fs::read_dir(fixture(family)).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_str().unwrap().to_string();
+        match name.strip_suffix(".gz") {
+            Some(plain) => {
+                let mut bytes = Vec::new();
+                flate2::read::GzDecoder::new(std::fs::File::open(&path).unwrap())
+                    .read_to_end(&mut bytes)
+                    .unwrap();
+                std::fs::write(dir.path().join(plain), bytes).unwrap();
+            }
+            None => {
+                std::fs::copy(&path, dir.path().join(name)).unwrap();
+            }
+        }
+    }
+    dir
+}
+
+fn shrunk() -> Shrink {
+    Shrink {
+        layers: Some(1),
+        hidden: Some(64),
+        heads: Some(4),
+        ..Shrink::default()
+    }
+}
+
+fn read_config(dir: &Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap()
+}
+
+#[test]
+fn llada_8b_shrunk_keeps_its_vocabulary_special_ids_and_undeclared_dtype() {
+    let source = download("llada-8b-instruct");
+    let out = tempfile::tempdir().unwrap();
+    write_like(
+        source.path(),
+        &shrunk(),
+        0,
+        Some(DemoDType::Bf16),
+        1,
+        out.path(),
+    )
+    .unwrap();
+    let config = read_config(out.path());
+    assert_eq!(
+        (config["d_model"].as_u64(), config["n_layers"].as_u64()),
+        (Some(64), Some(1))
+    );
+    assert_eq!(config["mlp_hidden_size"], 192, "12288/4096 x 64");
+    assert!(config.get("torch_dtype").is_none(), "still names no dtype");
+    assert_eq!(config["rope_theta"], 500000.0);
+    assert!(out.path().join("tokenizer_config.json").exists());
+    let loaded = models::load(out.path(), &Device::Cpu, DTypeChoice::Auto).unwrap();
+    assert_eq!(loaded.network.kind(), ModelKind::Diffusion);
+    assert_eq!(loaded.network.vocab_size(), 126464);
+    assert_eq!(loaded.special.mask_id, 126336);
+    assert!(loaded.special.eos_ids.contains(&126081));
+    assert_eq!(loaded.dtype, DType::F32, "CPU: {}", loaded.dtype_reason);
+    let files = models::weight_files(out.path()).unwrap();
+    assert_eq!(models::dtype::stored(&files).unwrap(), Some(DType::BF16));
+}
+
+#[test]
+fn dream_shrunk_serves_a_chat_answer_through_its_real_tokenizer_and_template() {
+    let source = download("dream-v0-instruct-7b");
+    let out = tempfile::tempdir().unwrap();
+    let spec = write_like(source.path(), &shrunk(), 0, None, 1, out.path()).unwrap();
+    assert_eq!(spec.dtype, DemoDType::Bf16, "config.json's torch_dtype");
+    assert_eq!(spec.kv_heads, Some(1), "4 of 28 heads keep a group of 1");
+    assert!(
+        !out.path().join("tokenizer.json").exists(),
+        "Dream ships none"
+    );
+    let generator = Generator::load(out.path(), &Device::Cpu, DTypeChoice::Auto).unwrap();
+    assert_eq!(generator.model.special.mask_id, 151666);
+    let prompt = Prompt::Chat(vec![ChatMessage::new("user", "What is 2+2?")]);
+    let ids = generator.prompt_ids(&prompt).unwrap();
+    assert_eq!(
+        &ids[..3],
+        &[151644, 8948, 198],
+        "<|im_start|>system\\n, as transformers"
+    );
+    let params = SamplingParams {
+        seed: Some(1),
+        ..SamplingParams::with_defaults(4)
+    };
+    let out = generator.generate(&prompt, &params).unwrap();
+    assert!(out.token_ids.len() <= 4);
+    assert!(
+        (1..=4).contains(&out.forward_passes),
+        "one token per step at most 4 steps"
+    );
+}
+
+#[test]
+fn phi2_shrunk_decodes_autoregressively_with_its_published_tokenizer() {
+    let source = download("phi-2");
+    let out = tempfile::tempdir().unwrap();
+    write_like(
+        source.path(),
+        &shrunk(),
+        0,
+        Some(DemoDType::F32),
+        1,
+        out.path(),
+    )
+    .unwrap();
+    let config = read_config(out.path());
+    assert_eq!(config["partial_rotary_factor"], 0.4, "kept real");
+    assert_eq!(
+        config["torch_dtype"], "float32",
+        "the dtype field follows the weights"
+    );
+    let generator = Generator::load(out.path(), &Device::Cpu, DTypeChoice::Auto).unwrap();
+    assert_eq!(generator.model.network.kind(), ModelKind::Autoregressive);
+    assert_eq!(generator.model.network.vocab_size(), 51200);
+    let out = generator
+        .generate(
+            &Prompt::Text("Hello, world!".into()),
+            &SamplingParams::with_defaults(3),
+        )
+        .unwrap();
+    assert_eq!(
+        out.prompt_token_ids,
+        [15496, 11, 995, 0],
+        "the published tokenizer's ids"
+    );
+    assert!(!out.token_ids.is_empty() && out.token_ids.len() <= 3);
+}
+
+#[test]
+fn a_directory_without_config_json_is_named() {
+    let empty = tempfile::tempdir().unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let err = write_like(empty.path(), &shrunk(), 0, None, 1, out.path())
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("config.json"), "{err}");
+}
