@@ -32,6 +32,9 @@ enum Command {
     Eval(cmd::eval::EvalArgs),
     /// Write a tiny checkpoint with RANDOM weights in a real upstream layout.
     DemoModel(cmd::demo_model::DemoModelArgs),
+    /// What the runtime makes of a checkpoint: architecture, size, dtype, special ids,
+    /// tokenizer, template, and what it refuses (exit 1 if anything).
+    Inspect(cmd::inspect::InspectArgs),
     /// Measure the runtime.
     #[command(subcommand)]
     Bench(cmd::bench::BenchCommand),
@@ -85,6 +88,7 @@ fn main() -> ExitCode {
         Command::Generate(args) => cmd::generate::run(*args),
         Command::Eval(args) => cmd::eval::run(args),
         Command::DemoModel(args) => cmd::demo_model::run(args),
+        Command::Inspect(args) => cmd::inspect::run(args),
         Command::Bench(args) => cmd::bench::run(args),
         Command::Batch(args) => cmd::batch::run(args),
     };

@@ -584,3 +584,26 @@ fn demo_model_like_a_real_checkpoint_then_generate() {
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).contains("--vocab"));
 }
+
+#[test]
+fn inspect_reports_and_exits_non_zero_only_when_something_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    demo(tmp.path(), "qwen2", &[]);
+    let dir = tmp.path().to_str().unwrap();
+    let o = dfastllm(&["inspect", dir]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        text.contains("architecture: qwen2 (autoregressive)"),
+        "{text}"
+    );
+    assert!(text.contains("refused: nothing"), "{text}");
+    let o = dfastllm(&["inspect", dir, "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["chat_template"], "tokenizer_config.json");
+    std::fs::remove_file(tmp.path().join("tokenizer.json")).unwrap();
+    let o = dfastllm(&["inspect", dir]);
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stdout).contains("refused: "));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("tokenizer.json"));
+}

@@ -162,3 +162,72 @@ fn a_directory_without_config_json_is_named() {
         .to_string();
     assert!(err.contains("config.json"), "{err}");
 }
+
+#[test]
+fn inspect_reports_what_the_runtime_makes_of_real_metadata() {
+    use dfastllm_core::inspect::inspect;
+    let source = download("llada-8b-instruct");
+    let out = tempfile::tempdir().unwrap();
+    write_like(
+        source.path(),
+        &shrunk(),
+        0,
+        Some(DemoDType::Bf16),
+        1,
+        out.path(),
+    )
+    .unwrap();
+    let report = inspect(out.path());
+    assert_eq!(report.architecture.as_deref(), Some("llada"));
+    assert_eq!(report.kind.as_deref(), Some("diffusion"));
+    // Embedding and head 126464 x 64 each, one block, two norms: from the headers.
+    let block = 64 * 64 * 4 + 3 * 64 * 192 + 2 * 64;
+    assert_eq!(report.parameters, 2 * 126464 * 64 + block + 64);
+    assert_eq!(
+        report.weight_bytes.get("BF16"),
+        Some(&(2 * report.parameters))
+    );
+    assert!(report.dtype_gpu.starts_with("bf16"), "{}", report.dtype_gpu);
+    assert!(report.dtype_cpu.starts_with("f32"), "{}", report.dtype_cpu);
+    assert_eq!((report.context, report.mask_id), (Some(4096), Some(126336)));
+    assert!(report.eos_ids.contains(&126081));
+    assert_eq!(
+        report.chat_template.as_deref(),
+        Some("tokenizer_config.json")
+    );
+    // Its tokenizer.json is not among the fixtures: refused, and said so.
+    assert_eq!(report.refused.len(), 1, "{:?}", report.refused);
+    assert!(report.refused[0].contains("tokenizer.json"));
+    assert!(report.render().contains("refused: "));
+
+    let dream = download("dream-v0-instruct-7b");
+    let report = inspect(dream.path());
+    assert_eq!(report.architecture.as_deref(), Some("dream"));
+    assert!(
+        report.refused.iter().any(|r| r.contains("no weights")),
+        "{:?}",
+        report.refused
+    );
+    assert_eq!(
+        report.tokenizer.as_deref(),
+        Some("vocab.json + merges.txt (tokenizer.json built from them)")
+    );
+    assert_eq!(
+        report.generation_defaults.get("alg"),
+        Some(&serde_json::json!("origin"))
+    );
+    assert!(
+        report.eos_ids.contains(&151645),
+        "<|im_end|> from the template"
+    );
+
+    let mut config: serde_json::Value = read_config(out.path());
+    config["alibi"] = serde_json::json!(true);
+    std::fs::write(out.path().join("config.json"), config.to_string()).unwrap();
+    let report = inspect(out.path());
+    assert!(
+        report.refused.iter().any(|r| r.contains("alibi")),
+        "{:?}",
+        report.refused
+    );
+}

@@ -5,6 +5,7 @@ pub mod bench;
 pub mod demo_model;
 pub mod eval;
 pub mod generate;
+pub mod inspect;
 pub mod serve;
 
 use std::path::PathBuf;

@@ -5,7 +5,7 @@
 //! half-precision matmuls are several times slower.
 
 use std::io::Read;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use candle_core::DType;
 use serde_json::Value;
@@ -59,18 +59,14 @@ pub fn declared(config: &Value) -> Option<DType> {
         .map(half_or_f32)
 }
 
-/// The floating-point format of the first tensor stored in the safetensors files,
-/// read from the first file's header alone (8 bytes of length, then JSON).
-pub fn stored(files: &[PathBuf]) -> Result<Option<DType>, ModelError> {
-    let Some(path) = files.first() else {
-        return Ok(None);
-    };
+/// A safetensors file's header (8 bytes of length, then JSON), without its data.
+pub(crate) fn read_header(path: &Path) -> Result<Value, ModelError> {
     let invalid = |message: String| ModelError::InvalidFile {
-        path: path.clone(),
+        path: path.to_path_buf(),
         message,
     };
     let io = |source: std::io::Error| ModelError::Io {
-        path: path.clone(),
+        path: path.to_path_buf(),
         source,
     };
     let mut file = std::fs::File::open(path).map_err(io)?;
@@ -83,8 +79,16 @@ pub fn stored(files: &[PathBuf]) -> Result<Option<DType>, ModelError> {
     }
     let mut header = vec![0u8; len as usize];
     file.read_exact(&mut header).map_err(io)?;
-    let header: Value =
-        serde_json::from_slice(&header).map_err(|e| invalid(format!("safetensors header: {e}")))?;
+    serde_json::from_slice(&header).map_err(|e| invalid(format!("safetensors header: {e}")))
+}
+
+/// The floating-point format of the first tensor stored in the safetensors files,
+/// read from the first file's header alone.
+pub fn stored(files: &[PathBuf]) -> Result<Option<DType>, ModelError> {
+    let Some(path) = files.first() else {
+        return Ok(None);
+    };
+    let header = read_header(path)?;
     let dtype = header
         .as_object()
         .into_iter()

@@ -52,12 +52,17 @@ pub fn load_checkpoint(
 ) -> Result<(LoadedModel, TextTokenizer), ModelError> {
     let mut model = super::load(dir, device, dtype)?;
     let tokenizer = TextTokenizer::load(dir)?;
+    merge_end_of_turn(&mut model.special, &tokenizer);
+    Ok((model, tokenizer))
+}
+
+/// The template's end-of-turn tokens join the EOS ids.
+pub(crate) fn merge_end_of_turn(special: &mut SpecialTokens, tokenizer: &TextTokenizer) {
     for id in tokenizer.end_of_turn_ids() {
-        if !model.special.eos_ids.contains(&id) && id != model.special.mask_id {
-            model.special.eos_ids.push(id);
+        if !special.eos_ids.contains(&id) && id != special.mask_id {
+            special.eos_ids.push(id);
         }
     }
-    Ok((model, tokenizer))
 }
 
 pub(crate) fn read_json(dir: &Path, name: &str) -> Result<Value, ModelError> {

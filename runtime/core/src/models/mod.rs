@@ -398,26 +398,7 @@ pub fn load(dir: &Path, device: &Device, dtype: DTypeChoice) -> Result<LoadedMod
     );
     let dtype = decision.dtype;
     let vb = loader::var_builder(&files, dtype, device)?;
-    let diffusion = |m: Box<dyn DiffusionLm>| Network::Diffusion(m);
-    let causal = |m: causal::CausalModel| Network::Causal(Box::new(m));
-    let model = match architecture {
-        Architecture::Llada => {
-            let cfg = llada::Config::from_value(&config, &config_path)?;
-            diffusion(Box::new(
-                llada::Llada::load(&cfg, vb).map_err(|e| loader::weights_error(dir, e))?,
-            ))
-        }
-        Architecture::Dream => {
-            let cfg = dream::Config::from_value(&config, &config_path)?;
-            diffusion(Box::new(
-                dream::Dream::load(&cfg, vb).map_err(|e| loader::weights_error(dir, e))?,
-            ))
-        }
-        Architecture::Llama => causal(llama::load(&config, &config_path, vb)?),
-        Architecture::Qwen2 => causal(qwen2::load(&config, &config_path, vb)?),
-        Architecture::Phi => causal(phi::load(&config, &config_path, vb)?),
-        Architecture::Gpt2 => causal(gpt2::load(&config, &config_path, vb)?),
-    };
+    let model = network(architecture, &config, &config_path, dir, vb)?;
     let generation_config = loader::read_optional_json(dir, "generation_config.json")?;
     let special = loader::special_tokens(
         architecture,
@@ -435,6 +416,116 @@ pub fn load(dir: &Path, device: &Device, dtype: DTypeChoice) -> Result<LoadedMod
         dir: dir.to_path_buf(),
         is_demo: config.get(DEMO_MARKER).is_some(),
     })
+}
+
+/// The network `config` describes, its weights from `vb`: the one dispatch on the
+/// architecture.
+fn network(
+    architecture: Architecture,
+    config: &Value,
+    config_path: &Path,
+    dir: &Path,
+    vb: candle_nn::VarBuilder,
+) -> Result<Network, ModelError> {
+    let diffusion = |m: Box<dyn DiffusionLm>| Network::Diffusion(m);
+    let causal = |m: causal::CausalModel| Network::Causal(Box::new(m));
+    let model = match architecture {
+        Architecture::Llada => {
+            let cfg = llada::Config::from_value(config, config_path)?;
+            diffusion(Box::new(
+                llada::Llada::load(&cfg, vb).map_err(|e| loader::weights_error(dir, e))?,
+            ))
+        }
+        Architecture::Dream => {
+            let cfg = dream::Config::from_value(config, config_path)?;
+            diffusion(Box::new(
+                dream::Dream::load(&cfg, vb).map_err(|e| loader::weights_error(dir, e))?,
+            ))
+        }
+        Architecture::Llama => causal(llama::load(config, config_path, vb)?),
+        Architecture::Qwen2 => causal(qwen2::load(config, config_path, vb)?),
+        Architecture::Phi => causal(phi::load(config, config_path, vb)?),
+        Architecture::Gpt2 => causal(gpt2::load(config, config_path, vb)?),
+    };
+    Ok(model)
+}
+
+/// A weight source with no tensors: building a network from it runs every config.json
+/// check of the architecture and fails at the first weight.
+struct NoWeights;
+
+const NO_WEIGHTS: &str = "dfastllm: config check without weights";
+
+impl candle_nn::var_builder::SimpleBackend for NoWeights {
+    fn get(
+        &self,
+        _: candle_core::Shape,
+        _: &str,
+        _: candle_nn::Init,
+        _: DType,
+        _: &Device,
+    ) -> candle_core::Result<candle_core::Tensor> {
+        Err(candle_core::Error::Msg(NO_WEIGHTS.into()))
+    }
+
+    fn get_unchecked(
+        &self,
+        _: &str,
+        _: DType,
+        _: &Device,
+    ) -> candle_core::Result<candle_core::Tensor> {
+        Err(candle_core::Error::Msg(NO_WEIGHTS.into()))
+    }
+
+    fn contains_tensor(&self, _: &str) -> bool {
+        true
+    }
+}
+
+/// The special token ids `dir`'s config.json and generation_config.json give, with the
+/// chat template's end-of-turn ids merged as [`load_checkpoint`] merges them.
+pub fn special_tokens_of(
+    dir: &Path,
+    tokenizer: Option<&crate::tokenizer::TextTokenizer>,
+) -> Result<SpecialTokens, ModelError> {
+    let config = loader::read_json(dir, "config.json")?;
+    let config_path = dir.join("config.json");
+    let architecture =
+        Architecture::from_config(&config).map_err(|message| ModelError::InvalidFile {
+            path: config_path.clone(),
+            message,
+        })?;
+    let generation_config = loader::read_optional_json(dir, "generation_config.json")?;
+    let mut special = loader::special_tokens(
+        architecture,
+        &config,
+        generation_config.as_ref(),
+        &config_path,
+    )?;
+    if let Some(tokenizer) = tokenizer {
+        loader::merge_end_of_turn(&mut special, tokenizer);
+    }
+    Ok(special)
+}
+
+/// Whether the runtime implements what `dir`'s config.json asks for, without reading
+/// any weight: the architecture, or the load error naming what is refused.
+pub fn check_config(dir: &Path) -> Result<Architecture, ModelError> {
+    let config = loader::read_json(dir, "config.json")?;
+    let config_path = dir.join("config.json");
+    let architecture =
+        Architecture::from_config(&config).map_err(|message| ModelError::InvalidFile {
+            path: config_path.clone(),
+            message,
+        })?;
+    let vb = candle_nn::VarBuilder::from_backend(Box::new(NoWeights), DType::F32, Device::Cpu);
+    match network(architecture, &config, &config_path, dir, vb) {
+        Err(ModelError::Weights { source, .. }) if source.to_string().contains(NO_WEIGHTS) => {
+            Ok(architecture)
+        }
+        Err(e) => Err(e),
+        Ok(_) => Ok(architecture),
+    }
 }
 
 /// Loads an autoregressive checkpoint as a bare network (the APD verifier's).
