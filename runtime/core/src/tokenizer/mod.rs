@@ -279,12 +279,20 @@ impl TextTokenizer {
     }
 
     /// Ids of the end-of-turn tokens a chat template may emit, which end an answer
-    /// just like EOS does.
+    /// just like EOS does: Llama 3's and LLaDA's `<|eot_id|>`, ChatML's `<|im_end|>`,
+    /// `<|endoftext|>`, LLaDA-MoE's and LLaDA 2's `<|role_end|>`, and DiffuCoder's
+    /// `<|dlm_pad|>`, which fills its answer region after the answer.
     pub fn end_of_turn_ids(&self) -> Vec<u32> {
-        ["<|eot_id|>", "<|im_end|>", "<|endoftext|>"]
-            .iter()
-            .filter_map(|t| self.token_id(t))
-            .collect()
+        [
+            "<|eot_id|>",
+            "<|im_end|>",
+            "<|endoftext|>",
+            "<|role_end|>",
+            "<|dlm_pad|>",
+        ]
+        .iter()
+        .filter_map(|t| self.token_id(t))
+        .collect()
     }
 }
 
@@ -389,6 +397,30 @@ mod tests {
             vec![104, 105],
             "chat prompts: the template's own"
         );
+    }
+
+    #[test]
+    fn llada_moe_and_diffucoder_turn_ends_end_an_answer() {
+        let (dir, _) = demo(Architecture::Llada);
+        let path = dir.path().join("tokenizer.json");
+        let mut file: Value =
+            serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        for (id, content) in [(300, "<|role_end|>"), (301, "<|dlm_pad|>")] {
+            file["added_tokens"]
+                .as_array_mut()
+                .unwrap()
+                .push(serde_json::json!({
+                    "id": id, "content": content, "single_word": false, "lstrip": false,
+                    "rstrip": false, "normalized": false, "special": true
+                }));
+        }
+        std::fs::write(&path, file.to_string()).unwrap();
+        let tok = TextTokenizer::load(dir.path()).unwrap();
+        let ends = tok.end_of_turn_ids();
+        for token in ["<|role_end|>", "<|dlm_pad|>"] {
+            let id = tok.token_id(token).unwrap();
+            assert!(ends.contains(&id), "{token} {id} in {ends:?}");
+        }
     }
 
     #[test]
