@@ -20,7 +20,7 @@ use dfastllm_core::engine::{engine, EngineConfig, Scheduler};
 use dfastllm_core::generation::{Generator, Prompt};
 use dfastllm_core::metrics::Metrics;
 
-use crate::config::RuntimeConfig;
+use crate::config::{GenerationConfigMode, RuntimeConfig};
 use crate::{serve, AppState, ModelInfo};
 
 #[derive(Debug, thiserror::Error)]
@@ -164,12 +164,17 @@ fn load_and_schedule(
         }
     };
     let Generator { model, tokenizer } = generator;
+    let sampling_defaults = match cfg.generation_config {
+        GenerationConfigMode::Auto => model.sampling_defaults,
+        GenerationConfigMode::Ignore => Default::default(),
+    };
     tracing::info!(
         model = %cfg.model_path.display(),
         architecture = model.architecture.name(),
         device = device::describe(&device),
         dtype = ?model.dtype,
         dtype_reason = %model.dtype_reason,
+        generation_config_defaults = ?sampling_defaults,
         demo_weights = model.is_demo,
         load_seconds = started.elapsed().as_secs_f64(),
         "model loaded and warmed up"
@@ -180,6 +185,7 @@ fn load_and_schedule(
         max_context: model.network.max_context(),
         architecture: model.architecture,
         device: device.clone(),
+        sampling_defaults,
     });
     let _ = loaded.send(Ok(()));
     scheduler.run(&model);

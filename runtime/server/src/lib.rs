@@ -35,6 +35,7 @@ use crate::config::RuntimeConfig;
 use auth::{ApiKeys, RateLimiter};
 use dfastllm_core::engine::EngineHandle;
 use dfastllm_core::metrics::{Metrics, RequestLabels};
+use dfastllm_core::models::generation_config::SamplingDefaults;
 use dfastllm_core::models::{Architecture, SpecialTokens};
 use dfastllm_core::tokenizer::TextTokenizer;
 use errors::ApiError;
@@ -47,6 +48,9 @@ pub struct ModelInfo {
     pub max_context: usize,
     pub architecture: Architecture,
     pub device: candle_core::Device,
+    /// generation_config.json's sampling defaults, when `model.generation_config` is
+    /// auto; below the request's and the deployment's own values.
+    pub sampling_defaults: SamplingDefaults,
 }
 
 pub struct Inner {

@@ -12,6 +12,7 @@ use dfastllm_core::decoding::{
     default_block_length, ArKnobs, CommitRule, DiffusionKnobs, KvCacheMode, Mor, Remasking,
     SamplingParams,
 };
+use dfastllm_core::models::generation_config::SamplingDefaults;
 use dfastllm_core::tokenizer::ChatMessage;
 
 pub const MAX_N: u32 = 8;
@@ -321,7 +322,14 @@ fn positive(param: &str, value: Option<i64>) -> Result<Option<usize>, ApiError> 
 /// Checks the fields OpenAI bounds and fills the diffusion knobs from the deployment's
 /// defaults. Combinations the sampler rejects (a block length that does not divide
 /// max_tokens, ...) are caught when the sequence is built, with the same 400.
-pub fn resolve(s: &Sampling, defaults: &DecodingDefaults) -> Result<Resolved, ApiError> {
+///
+/// Precedence per field: the request, then the deployment's own setting, then the
+/// checkpoint's generation_config.json (`model`), then the built-in default.
+pub fn resolve(
+    s: &Sampling,
+    defaults: &DecodingDefaults,
+    model: &SamplingDefaults,
+) -> Result<Resolved, ApiError> {
     let max_tokens = match (
         positive("max_tokens", s.max_tokens)?,
         positive("max_completion_tokens", s.max_completion_tokens)?,
@@ -330,14 +338,18 @@ pub fn resolve(s: &Sampling, defaults: &DecodingDefaults) -> Result<Resolved, Ap
         (None, Some(b)) => b,
         (None, None) => defaults.gen_length,
     };
-    let temperature = s.temperature.unwrap_or(f64::from(defaults.temperature));
+    let deployment_temperature = match model.temperature {
+        Some(t) if !defaults.temperature_set => t,
+        _ => defaults.temperature,
+    };
+    let temperature = s.temperature.unwrap_or(f64::from(deployment_temperature));
     if !(0.0..=2.0).contains(&temperature) {
         return Err(ApiError::invalid(
             "temperature",
             format!("temperature must be between 0 and 2, got {temperature}"),
         ));
     }
-    let top_p = s.top_p.unwrap_or(1.0);
+    let top_p = s.top_p.unwrap_or(model.top_p.map_or(1.0, f64::from));
     if !(top_p > 0.0 && top_p <= 1.0) {
         return Err(ApiError::invalid(
             "top_p",
@@ -406,7 +418,8 @@ pub fn resolve(s: &Sampling, defaults: &DecodingDefaults) -> Result<Resolved, Ap
         None => defaults.kv_cache,
     };
     let top_k = match s.top_k {
-        None | Some(-1) | Some(0) => 0,
+        None => model.top_k.unwrap_or(0),
+        Some(-1) | Some(0) => 0,
         Some(k) if k > 0 => k as usize,
         Some(k) => {
             return Err(ApiError::invalid(
@@ -494,7 +507,12 @@ mod tests {
     #[test]
     fn defaults_fill_the_gaps_and_zero_temperature_is_greedy() {
         let d = DecodingDefaults::default();
-        let r = resolve(&sampling(serde_json::json!({"temperature": 0})), &d).unwrap();
+        let r = resolve(
+            &sampling(serde_json::json!({"temperature": 0})),
+            &d,
+            &SamplingDefaults::default(),
+        )
+        .unwrap();
         assert_eq!(r.sampling.temperature, 0.0);
         assert_eq!(r.sampling.max_tokens, 64);
         assert_eq!(r.sampling.diffusion.block_length, 32);
@@ -503,6 +521,7 @@ mod tests {
         let r = resolve(
             &sampling(serde_json::json!({"max_completion_tokens": 10})),
             &d,
+            &SamplingDefaults::default(),
         )
         .unwrap();
         assert_eq!(r.sampling.max_tokens, 10);
@@ -516,7 +535,12 @@ mod tests {
             block_length: Some(32),
             ..DecodingDefaults::default()
         };
-        let r = resolve(&sampling(serde_json::json!({"max_tokens": 128})), &d).unwrap();
+        let r = resolve(
+            &sampling(serde_json::json!({"max_tokens": 128})),
+            &d,
+            &SamplingDefaults::default(),
+        )
+        .unwrap();
         let knobs = |r: &Resolved| {
             (
                 r.sampling.diffusion.block_length,
@@ -524,7 +548,12 @@ mod tests {
             )
         };
         assert_eq!(knobs(&r), (32, 32));
-        let r = resolve(&sampling(serde_json::json!({"max_tokens": 10})), &d).unwrap();
+        let r = resolve(
+            &sampling(serde_json::json!({"max_tokens": 10})),
+            &d,
+            &SamplingDefaults::default(),
+        )
+        .unwrap();
         assert_eq!(knobs(&r).0, 10, "32 does not divide 10: one block");
         assert_eq!(knobs(&r).1, 3);
         r.sampling.diffusion_params().validate(1, 100).unwrap();
@@ -533,7 +562,9 @@ mod tests {
     #[test]
     fn out_of_range_fields_name_the_param() {
         let d = DecodingDefaults::default();
-        let bad = |v: serde_json::Value| param_of(resolve(&sampling(v), &d));
+        let bad = |v: serde_json::Value| {
+            param_of(resolve(&sampling(v), &d, &SamplingDefaults::default()))
+        };
         assert_eq!(bad(serde_json::json!({"temperature": 2.5})), "temperature");
         assert_eq!(bad(serde_json::json!({"temperature": -0.1})), "temperature");
         assert_eq!(bad(serde_json::json!({"top_p": 0})), "top_p");
@@ -556,6 +587,7 @@ mod tests {
         let r = resolve(
             &sampling(serde_json::json!({"top_k": 5, "stop_token_ids": [3], "seed": 1})),
             &d,
+            &SamplingDefaults::default(),
         )
         .unwrap();
         let ar = r.sampling.for_choice(1).ar_params();
@@ -571,12 +603,19 @@ mod tests {
         };
         assert_eq!(param_of(check_kind(&r, ModelKind::Diffusion)), "top_k");
         assert!(check_kind(&r, ModelKind::Autoregressive).is_ok());
-        let r = resolve(&sampling(serde_json::json!({"block_length": 4})), &d).unwrap();
+        let r = resolve(
+            &sampling(serde_json::json!({"block_length": 4})),
+            &d,
+            &SamplingDefaults::default(),
+        )
+        .unwrap();
         assert_eq!(
             param_of(check_kind(&r, ModelKind::Autoregressive)),
             "block_length"
         );
-        let bad = |v: serde_json::Value| param_of(resolve(&sampling(v), &d));
+        let bad = |v: serde_json::Value| {
+            param_of(resolve(&sampling(v), &d, &SamplingDefaults::default()))
+        };
         assert_eq!(bad(serde_json::json!({"top_k": -2})), "top_k");
         assert_eq!(
             bad(serde_json::json!({"stop_token_ids": [-1]})),
@@ -591,10 +630,46 @@ mod tests {
     }
 
     #[test]
+    fn generation_config_defaults_sit_below_the_request_and_the_deployment() {
+        let model = SamplingDefaults {
+            temperature: Some(0.6),
+            top_p: Some(0.9),
+            top_k: Some(20),
+        };
+        let d = DecodingDefaults::default();
+        let silent = resolve(&sampling(serde_json::json!({})), &d, &model).unwrap();
+        assert_eq!(silent.sampling.temperature, 0.6);
+        assert_eq!(silent.sampling.top_p, 0.9);
+        assert_eq!(silent.sampling.autoregressive.top_k, 20);
+        let asked = serde_json::json!({"temperature": 0, "top_p": 1, "top_k": -1});
+        let own = resolve(&sampling(asked), &d, &model).unwrap();
+        assert_eq!(
+            (
+                own.sampling.temperature,
+                own.sampling.top_p,
+                own.sampling.autoregressive.top_k
+            ),
+            (0.0, 1.0, 0),
+            "the request's own values win"
+        );
+        let deployment = DecodingDefaults {
+            temperature: 0.2,
+            temperature_set: true,
+            ..DecodingDefaults::default()
+        };
+        let r = resolve(&sampling(serde_json::json!({})), &deployment, &model).unwrap();
+        assert_eq!(
+            r.sampling.temperature, 0.2,
+            "the deployment's temperature wins"
+        );
+    }
+
+    #[test]
     fn choices_get_distinct_seeds() {
         let r = resolve(
             &sampling(serde_json::json!({"seed": 7, "n": 2})),
             &DecodingDefaults::default(),
+            &SamplingDefaults::default(),
         )
         .unwrap();
         assert_eq!(r.sampling.for_choice(0).seed, Some(7));

@@ -43,6 +43,7 @@ fn config(dir: &std::path::Path) -> RuntimeConfig {
         aliases: vec!["gpt-3.5-turbo".into()],
         device: device::DeviceChoice::Cpu,
         dtype: DTypeChoice::F32,
+        generation_config: Default::default(),
         host: "127.0.0.1".into(),
         port: 0,
         max_concurrent_requests: 8,
@@ -113,6 +114,7 @@ async fn start(mode: EngineMode, tweak: impl FnOnce(&mut RuntimeConfig)) -> Stac
         max_context: model.network.max_context(),
         architecture: model.architecture,
         device: candle_core::Device::Cpu,
+        sampling_defaults: model.sampling_defaults,
     });
     // Stalled keeps the receiver alive and never runs it; Manual waits for the test's
     // `Stack::start_scheduler`.

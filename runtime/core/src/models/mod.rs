@@ -13,6 +13,7 @@ pub mod bidirectional;
 pub mod causal;
 pub mod dream;
 pub mod dtype;
+pub mod generation_config;
 pub mod gpt2;
 mod hf;
 pub mod llada;
@@ -364,6 +365,8 @@ pub struct LoadedModel {
     pub dtype: DType,
     /// Why `dtype` was chosen, for the load log line.
     pub dtype_reason: String,
+    /// generation_config.json's sampling defaults.
+    pub sampling_defaults: generation_config::SamplingDefaults,
     pub device: Device,
     pub dir: PathBuf,
     /// Set in config.json by `dfastllm demo-model`: the weights are random.
@@ -412,6 +415,10 @@ pub fn load(dir: &Path, device: &Device, dtype: DTypeChoice) -> Result<LoadedMod
         special,
         dtype,
         dtype_reason: decision.reason,
+        sampling_defaults: generation_config::SamplingDefaults::from_generation_config(
+            generation_config.as_ref().unwrap_or(&Value::Null),
+            !architecture.is_diffusion(),
+        ),
         device: device.clone(),
         dir: dir.to_path_buf(),
         is_demo: config.get(DEMO_MARKER).is_some(),

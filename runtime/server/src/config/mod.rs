@@ -152,7 +152,31 @@ pub struct ModelLayer {
         skip_serializing_if = "Option::is_none"
     )]
     pub architecture: Option<ArchitectureChoice>,
+    /// auto: generation_config.json's temperature, top_p and top_k become request
+    /// defaults (below the deployment's own); ignore (or vllm): they do not.
+    #[arg(
+        id = "model.generation_config",
+        long = "generation-config",
+        env = "DFASTLLM_GENERATION_CONFIG"
+    )]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub generation_config: Option<GenerationConfigMode>,
 }
+
+/// Whether the checkpoint's generation_config.json sampling fields are applied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+#[value(rename_all = "lowercase")]
+pub enum GenerationConfigMode {
+    #[default]
+    Auto,
+    /// vLLM spells this `vllm` (its own defaults only).
+    #[serde(alias = "vllm")]
+    #[value(alias = "vllm")]
+    Ignore,
+}
+
+dfastllm_core::named_enum!(GenerationConfigMode, "generation_config", false);
 
 #[derive(Debug, Clone, Default, PartialEq, clap::Args, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -386,6 +410,7 @@ pub fn defaults() -> ConfigLayer {
             device: Some(DeviceChoice::Auto),
             dtype: Some(DTypeChoice::Auto),
             architecture: Some(ArchitectureChoice::Auto),
+            generation_config: Some(GenerationConfigMode::Auto),
         },
         server: ServerLayer {
             host: Some("0.0.0.0".into()),

@@ -7,7 +7,7 @@ use dfastllm_core::decoding::{CommitRule, DecodeError, DiffusionParams, Mor, Rem
 use dfastllm_core::device::DeviceChoice;
 use dfastllm_core::models::{Architecture, DTypeChoice};
 
-use super::layered::{merge, ConfigError, FlagOrigins, Layered};
+use super::layered::{merge, ConfigError, FlagOrigins, Layered, Origin};
 use super::*;
 
 /// Decoding defaults applied to requests that leave a knob out.
@@ -18,6 +18,9 @@ pub struct DecodingDefaults {
     pub block_length: Option<usize>,
     pub remasking: Remasking,
     pub temperature: f32,
+    /// Whether the deployment (flag, env, runtime.toml) set the temperature itself: the
+    /// checkpoint's generation_config.json then does not replace it.
+    pub temperature_set: bool,
     pub commit: CommitRule,
     pub mor: Option<Mor>,
     pub kv_cache: KvCacheMode,
@@ -113,6 +116,10 @@ impl DecodingDefaults {
             block_length: d.block_length,
             remasking: d.remasking.unwrap_or_default(),
             temperature: d.temperature.unwrap_or_default() as f32,
+            temperature_set: !matches!(
+                l.origins.get("decoding.temperature"),
+                None | Some(Origin::Default)
+            ),
             commit,
             mor,
             kv_cache: d.kv_cache.unwrap_or_default(),
@@ -146,6 +153,7 @@ pub struct RuntimeConfig {
     pub aliases: Vec<String>,
     pub device: DeviceChoice,
     pub dtype: DTypeChoice,
+    pub generation_config: GenerationConfigMode,
     pub host: String,
     pub port: u16,
     pub max_concurrent_requests: usize,
@@ -193,6 +201,7 @@ impl RuntimeConfig {
             aliases: m.aliases.clone().unwrap_or_default(),
             device: m.device.unwrap_or(DeviceChoice::Auto),
             dtype: m.dtype.unwrap_or(DTypeChoice::Auto),
+            generation_config: m.generation_config.unwrap_or_default(),
             host: s.host.clone().unwrap_or_default(),
             port: s.port.unwrap_or_default(),
             max_concurrent_requests: s.max_concurrent_requests.unwrap_or_default(),

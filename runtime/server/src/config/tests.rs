@@ -216,3 +216,26 @@ fn help_shows_the_tables_defaults() {
     assert!(help.contains("[default: low_confidence]"), "{help}");
     assert!(help.contains("[default: 0.9]"), "{help}");
 }
+
+#[test]
+fn generation_config_is_applied_unless_ignored_and_a_set_temperature_is_the_deployments() {
+    let cfg = resolve(&[], "").unwrap();
+    assert_eq!(cfg.generation_config, GenerationConfigMode::Auto);
+    assert!(!cfg.decoding.temperature_set);
+    let cfg = resolve(&["--generation-config", "vllm"], "").unwrap();
+    assert_eq!(cfg.generation_config, GenerationConfigMode::Ignore);
+    let cfg = resolve(&[], "[model]\ngeneration_config = \"ignore\"\n").unwrap();
+    assert_eq!(cfg.generation_config, GenerationConfigMode::Ignore);
+    assert!(
+        resolve(&["--temperature", "0"], "")
+            .unwrap()
+            .decoding
+            .temperature_set
+    );
+    assert!(
+        resolve(&[], "[decoding]\ntemperature = 0.5\n")
+            .unwrap()
+            .decoding
+            .temperature_set
+    );
+}

@@ -253,7 +253,7 @@ mod tests {
 
     fn resolved(json: serde_json::Value) -> Resolved {
         let sampling: Sampling = serde_json::from_value(json).unwrap();
-        resolve(&sampling, &Default::default()).unwrap()
+        resolve(&sampling, &Default::default(), &Default::default()).unwrap()
     }
 
     fn param_of(r: Result<Job, ApiError>) -> String {

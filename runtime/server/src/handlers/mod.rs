@@ -80,7 +80,11 @@ pub async fn completions(
 ) -> Result<Response, ApiError> {
     state.check_model(req.model.as_deref())?;
     let info = state.ready_model()?;
-    let resolved = resolve(&req.sampling, &state.config.decoding)?;
+    let resolved = resolve(
+        &req.sampling,
+        &state.config.decoding,
+        &info.sampling_defaults,
+    )?;
     let prompts = req
         .prompt
         .ok_or_else(|| ApiError::invalid("prompt", "prompt is required"))?
@@ -110,7 +114,11 @@ pub async fn chat_completions(
 ) -> Result<Response, ApiError> {
     state.check_model(req.model.as_deref())?;
     let info = state.ready_model()?;
-    let resolved = resolve(&req.sampling, &state.config.decoding)?;
+    let resolved = resolve(
+        &req.sampling,
+        &state.config.decoding,
+        &info.sampling_defaults,
+    )?;
     let messages = req.chat_messages()?;
     let prompt = info
         .tokenizer
@@ -137,7 +145,11 @@ pub async fn generate(
     ApiJson(req): ApiJson<GenerateRequest>,
 ) -> Result<Response, ApiError> {
     let info = state.ready_model()?;
-    let resolved = resolve(&req.sampling, &state.config.decoding)?;
+    let resolved = resolve(
+        &req.sampling,
+        &state.config.decoding,
+        &info.sampling_defaults,
+    )?;
     if resolved.n != 1 {
         return Err(ApiError::invalid(
             "n",
@@ -309,6 +321,7 @@ pub(crate) mod testing {
             max_context: model.network.max_context(),
             architecture: model.architecture,
             device,
+            sampling_defaults: model.sampling_defaults,
         };
         (dir, info)
     }
