@@ -142,6 +142,9 @@ pub struct SelfAttention {
     pub n_kv_heads: usize,
     pub head_dim: usize,
     pub scale: f64,
+    /// Scores and softmax in f32 whatever the weights' dtype: Phi-2's q.k overflows
+    /// f16, and transformers upcasts there too.
+    pub f32_scores: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -377,15 +380,22 @@ impl SelfAttention {
         // of one group are adjacent, so they fold into the rows of one matmul.
         let group = self.n_heads / self.n_kv_heads;
         let q = q.reshape((n, self.n_kv_heads, group * t, d))?;
-        let scores = (q.matmul(&all_k.t()?)? * self.scale)?
+        let upcast = self.f32_scores && q.dtype() != DType::F32;
+        let (q, all_k_t, bias) = if upcast {
+            (
+                q.to_dtype(DType::F32)?,
+                all_k.to_dtype(DType::F32)?.t()?,
+                bias.to_dtype(DType::F32)?,
+            )
+        } else {
+            (q, all_k.t()?, bias.clone())
+        };
+        let scores = (q.matmul(&all_k_t)? * self.scale)?
             .reshape((n, self.n_heads, t, keys))?
-            .broadcast_add(bias)?;
-        let probs = candle_nn::ops::softmax_last_dim(&scores)?.reshape((
-            n,
-            self.n_kv_heads,
-            group * t,
-            keys,
-        ))?;
+            .broadcast_add(&bias)?;
+        let probs = candle_nn::ops::softmax_last_dim(&scores)?
+            .to_dtype(all_v.dtype())?
+            .reshape((n, self.n_kv_heads, group * t, keys))?;
         let out = probs
             .matmul(&all_v)?
             .reshape((n, self.n_heads, t, d))?

@@ -82,6 +82,7 @@ pub fn load(v: &Value, path: &Path, vb: VarBuilder) -> Result<CausalModel, Model
                         n_kv_heads: heads,
                         head_dim,
                         scale,
+                        f32_scores: false,
                     },
                     mlp_norm: Some(Norm::Layer(layer_norm(h, eps, l.pp("ln_2"))?)),
                     mlp: Mlp::Plain {

@@ -250,6 +250,7 @@ pub fn build_causal(cfg: &Config, vb: VarBuilder, qkv_bias: bool) -> Result<Caus
                 n_kv_heads: cfg.num_key_value_heads,
                 head_dim,
                 scale: 1.0 / (head_dim as f64).sqrt(),
+                f32_scores: false,
             },
             mlp_norm: Some(Norm::Rms(l.mlp_norm)),
             mlp: Mlp::Gated {

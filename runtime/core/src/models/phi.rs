@@ -80,6 +80,7 @@ pub fn load(v: &Value, path: &Path, vb: VarBuilder) -> Result<CausalModel, Model
                         n_kv_heads: kv_heads,
                         head_dim,
                         scale: 1.0 / (head_dim as f64).sqrt(),
+                        f32_scores: true,
                     },
                     mlp_norm: None,
                     mlp: Mlp::Plain {
