@@ -2,8 +2,9 @@
 //! shrunk random weights in the real layout load through the same path as a real
 //! download, with the real vocabulary, special ids, tokenizer and template.
 
-use std::io::Read;
-use std::path::{Path, PathBuf};
+mod common;
+
+use std::path::Path;
 
 use candle_core::{DType, Device};
 use dfastllm_core::decoding::SamplingParams;
@@ -12,32 +13,16 @@ use dfastllm_core::generation::{Generator, Prompt};
 use dfastllm_core::models::{self, DTypeChoice, ModelKind};
 use dfastllm_core::tokenizer::ChatMessage;
 
-fn fixture(family: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../tests/fixtures/real")
-        .join(family)
+fn download(family: &str) -> tempfile::TempDir {
+    common::real_download(family, &[])
 }
 
-/// The fixture directory as a real download has it (vocabularies uncompressed).
-fn download(family: &str) -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
-    for entry in std::fs::read_dir(fixture(family)).unwrap() {
-        let path = entry.unwrap().path();
-        let name = path.file_name().unwrap().to_str().unwrap().to_string();
-        match name.strip_suffix(".gz") {
-            Some(plain) => {
-                let mut bytes = Vec::new();
-                flate2::read::GzDecoder::new(std::fs::File::open(&path).unwrap())
-                    .read_to_end(&mut bytes)
-                    .unwrap();
-                std::fs::write(dir.path().join(plain), bytes).unwrap();
-            }
-            None => {
-                std::fs::copy(&path, dir.path().join(name)).unwrap();
-            }
-        }
-    }
-    dir
+/// `family`'s metadata, and beside it a shrunk `--like` checkpoint of it.
+fn like(family: &str, dtype: Option<DemoDType>) -> (tempfile::TempDir, tempfile::TempDir) {
+    let source = download(family);
+    let out = tempfile::tempdir().unwrap();
+    write_like(source.path(), &shrunk(), 0, dtype, 1, out.path()).unwrap();
+    (source, out)
 }
 
 fn shrunk() -> Shrink {
@@ -55,17 +40,7 @@ fn read_config(dir: &Path) -> serde_json::Value {
 
 #[test]
 fn llada_8b_shrunk_keeps_its_vocabulary_special_ids_and_undeclared_dtype() {
-    let source = download("llada-8b-instruct");
-    let out = tempfile::tempdir().unwrap();
-    write_like(
-        source.path(),
-        &shrunk(),
-        0,
-        Some(DemoDType::Bf16),
-        1,
-        out.path(),
-    )
-    .unwrap();
+    let (_source, out) = like("llada-8b-instruct", Some(DemoDType::Bf16));
     let config = read_config(out.path());
     assert_eq!(
         (config["d_model"].as_u64(), config["n_layers"].as_u64()),
@@ -119,17 +94,7 @@ fn dream_shrunk_serves_a_chat_answer_through_its_real_tokenizer_and_template() {
 
 #[test]
 fn phi2_shrunk_decodes_autoregressively_with_its_published_tokenizer() {
-    let source = download("phi-2");
-    let out = tempfile::tempdir().unwrap();
-    write_like(
-        source.path(),
-        &shrunk(),
-        0,
-        Some(DemoDType::F32),
-        1,
-        out.path(),
-    )
-    .unwrap();
+    let (_source, out) = like("phi-2", Some(DemoDType::F32));
     let config = read_config(out.path());
     assert_eq!(config["partial_rotary_factor"], 0.4, "kept real");
     assert_eq!(
@@ -166,17 +131,7 @@ fn a_directory_without_config_json_is_named() {
 #[test]
 fn inspect_reports_what_the_runtime_makes_of_real_metadata() {
     use dfastllm_core::inspect::inspect;
-    let source = download("llada-8b-instruct");
-    let out = tempfile::tempdir().unwrap();
-    write_like(
-        source.path(),
-        &shrunk(),
-        0,
-        Some(DemoDType::Bf16),
-        1,
-        out.path(),
-    )
-    .unwrap();
+    let (_source, out) = like("llada-8b-instruct", Some(DemoDType::Bf16));
     let report = inspect(out.path());
     assert_eq!(report.architecture.as_deref(), Some("llada"));
     assert_eq!(report.kind.as_deref(), Some("diffusion"));

@@ -2,40 +2,11 @@
 //! sources in its README) give the ids and prompts `transformers` gives for them, as
 //! recorded by scripts/fixtures/tokenizer_reference.py in each `reference.json`.
 
-use std::io::Read;
-use std::path::{Path, PathBuf};
+mod common;
 
+use common::{real_download as unpacked, real_fixture as fixture};
 use dfastllm_core::tokenizer::{ChatMessage, TextTokenizer};
 use serde_json::Value;
-
-fn fixture(family: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../tests/fixtures/real")
-        .join(family)
-}
-
-/// A copy of a fixture directory with its `.gz` files uncompressed, minus `leave_out`.
-fn unpacked(family: &str, leave_out: &[&str]) -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
-    for entry in std::fs::read_dir(fixture(family)).unwrap() {
-        let path = entry.unwrap().path();
-        let name = path.file_name().unwrap().to_str().unwrap().to_string();
-        let (target, bytes) = match name.strip_suffix(".gz") {
-            Some(plain) => {
-                let mut bytes = Vec::new();
-                flate2::read::GzDecoder::new(std::fs::File::open(&path).unwrap())
-                    .read_to_end(&mut bytes)
-                    .unwrap();
-                (plain.to_string(), bytes)
-            }
-            None => (name.clone(), std::fs::read(&path).unwrap()),
-        };
-        if !leave_out.contains(&target.as_str()) {
-            std::fs::write(dir.path().join(target), bytes).unwrap();
-        }
-    }
-    dir
-}
 
 fn reference(family: &str) -> Value {
     let text = std::fs::read_to_string(fixture(family).join("reference.json")).unwrap();

@@ -384,8 +384,8 @@ impl fmt::Debug for LoadedModel {
     }
 }
 
-/// Loads the checkpoint in `dir` onto `device`.
-pub fn load(dir: &Path, device: &Device, dtype: DTypeChoice) -> Result<LoadedModel, ModelError> {
+/// `dir`'s config.json, its path, and the architecture it names.
+fn read_config(dir: &Path) -> Result<(Value, PathBuf, Architecture), ModelError> {
     let config = loader::read_json(dir, "config.json")?;
     let config_path = dir.join("config.json");
     let architecture =
@@ -393,6 +393,12 @@ pub fn load(dir: &Path, device: &Device, dtype: DTypeChoice) -> Result<LoadedMod
             path: config_path.clone(),
             message,
         })?;
+    Ok((config, config_path, architecture))
+}
+
+/// Loads the checkpoint in `dir` onto `device`.
+pub fn load(dir: &Path, device: &Device, dtype: DTypeChoice) -> Result<LoadedModel, ModelError> {
+    let (config, config_path, architecture) = read_config(dir)?;
     let files = weight_files(dir)?;
     let decision = dtype.resolve(
         dtype::declared(&config),
@@ -495,13 +501,7 @@ pub fn special_tokens_of(
     dir: &Path,
     tokenizer: Option<&crate::tokenizer::TextTokenizer>,
 ) -> Result<SpecialTokens, ModelError> {
-    let config = loader::read_json(dir, "config.json")?;
-    let config_path = dir.join("config.json");
-    let architecture =
-        Architecture::from_config(&config).map_err(|message| ModelError::InvalidFile {
-            path: config_path.clone(),
-            message,
-        })?;
+    let (config, config_path, architecture) = read_config(dir)?;
     let generation_config = loader::read_optional_json(dir, "generation_config.json")?;
     let mut special = loader::special_tokens(
         architecture,
@@ -518,13 +518,7 @@ pub fn special_tokens_of(
 /// Whether the runtime implements what `dir`'s config.json asks for, without reading
 /// any weight: the architecture, or the load error naming what is refused.
 pub fn check_config(dir: &Path) -> Result<Architecture, ModelError> {
-    let config = loader::read_json(dir, "config.json")?;
-    let config_path = dir.join("config.json");
-    let architecture =
-        Architecture::from_config(&config).map_err(|message| ModelError::InvalidFile {
-            path: config_path.clone(),
-            message,
-        })?;
+    let (config, config_path, architecture) = read_config(dir)?;
     let vb = candle_nn::VarBuilder::from_backend(Box::new(NoWeights), DType::F32, Device::Cpu);
     match network(architecture, &config, &config_path, dir, vb) {
         Err(ModelError::Weights { source, .. }) if source.to_string().contains(NO_WEIGHTS) => {
