@@ -10,7 +10,7 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 
 archs=("$@")
-[[ ${#archs[@]} -gt 0 ]] || archs=(llada dream llama qwen2 phi gpt2 llama-ar)
+[[ ${#archs[@]} -gt 0 ]] || archs=(llada dream llama qwen2 phi gpt2 llama3 llama-ar)
 
 # demo-model only writes files: the dev build (the one the tests use) is enough.
 cargo build -p dfastllm-runtime --bin dfastllm >&2
@@ -29,6 +29,23 @@ for arch in "${archs[@]}"; do
         rm -rf "$dir"
         target/debug/dfastllm demo-model --arch "$arch" --out "$dir" --seed 2024 \
             --layers 2 --hidden 64 --heads 4 --vocab 320 --max-context 256
+        "$PY" scripts/parity/reference.py ar-fixture --model "$dir" --out "$dir/expected.json"
+        ;;
+    llama3)
+        # Llama 3.1/3.2's rope_type llama3, with an original context small enough that
+        # every regime (kept, interpolated, divided) shows in a 256-token table.
+        rm -rf "$dir"
+        target/debug/dfastllm demo-model --arch llama --out "$dir" --seed 2024 \
+            --layers 2 --hidden 64 --heads 4 --vocab 320 --max-context 256
+        python3 - "$dir/config.json" <<'PY'
+import json, sys
+path = sys.argv[1]
+config = json.load(open(path))
+config["rope_theta"] = 500000.0
+config["rope_scaling"] = {"factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                          "original_max_position_embeddings": 64, "rope_type": "llama3"}
+json.dump(config, open(path, "w"), indent=2)
+PY
         "$PY" scripts/parity/reference.py ar-fixture --model "$dir" --out "$dir/expected.json"
         ;;
     llama-ar)

@@ -34,6 +34,18 @@ impl RotaryTable {
         let inv_freq: Vec<f32> = (0..half)
             .map(|i| (1.0 / theta.powf(2.0 * i as f64 / head_dim as f64)) as f32)
             .collect();
+        Self::from_inv_freq(inv_freq, max_positions, dtype, device)
+    }
+
+    /// The table for given inverse frequencies (one per pair of head dimensions), as
+    /// scaled RoPE variants compute them.
+    pub fn from_inv_freq(
+        inv_freq: Vec<f32>,
+        max_positions: usize,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Self> {
+        let half = inv_freq.len();
         let inv_freq = Tensor::from_vec(inv_freq, (1, half), device)?;
         let t = Tensor::arange(0u32, max_positions as u32, device)?
             .to_dtype(DType::F32)?

@@ -24,6 +24,7 @@ pub struct Config {
     pub num_key_value_heads: usize,
     pub vocab_size: usize,
     pub rope_theta: f64,
+    pub rope_scaling: RopeScaling,
     pub rms_norm_eps: f64,
     pub max_position_embeddings: usize,
     pub tie_word_embeddings: bool,
@@ -50,7 +51,7 @@ impl Config {
             Some(p) => f64_field(p, "rope_theta", f64_field(v, "rope_theta", 10_000.0)),
             None => f64_field(v, "rope_theta", 10_000.0),
         };
-        check_rope_type(v, path)?;
+        let rope_scaling = rope_scaling(v, path)?;
         let invalid = |message: String| ModelError::InvalidFile {
             path: path.to_path_buf(),
             message,
@@ -80,6 +81,7 @@ impl Config {
             num_key_value_heads,
             vocab_size: usize_field(v, "vocab_size", path)?,
             rope_theta,
+            rope_scaling,
             rms_norm_eps: f64_field(v, "rms_norm_eps", 1e-6),
             // Dream's 131072 would make a 131072-row rotary table: cap what we precompute.
             max_position_embeddings: usize_field(v, "max_position_embeddings", path)
@@ -98,8 +100,91 @@ impl Config {
     }
 }
 
-/// Only the default RoPE is implemented: a scaled variant (llama3, yarn, linear, ...)
-/// would load and run but answer with wrong positions, so it is refused by name.
+/// How RoPE's frequencies are scaled.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum RopeScaling {
+    Default,
+    /// Llama 3.1/3.2's: long wavelengths divided by `factor`, short ones kept, those in
+    /// between interpolated (transformers' `_compute_llama3_parameters`).
+    Llama3 {
+        factor: f64,
+        low_freq_factor: f64,
+        high_freq_factor: f64,
+        original_max_position_embeddings: f64,
+    },
+}
+
+/// The RoPE scaling config.json asks for: the default or llama3; every other kind
+/// (yarn, linear, dynamic, ...) would load and run but answer with wrong positions,
+/// so it is refused by name.
+pub fn rope_scaling(v: &Value, path: &Path) -> std::result::Result<RopeScaling, ModelError> {
+    let scaling = v
+        .get("rope_parameters")
+        .or_else(|| v.get("rope_scaling"))
+        .filter(|s| !s.is_null());
+    let kind = scaling
+        .and_then(|s| s.get("rope_type").or_else(|| s.get("type")))
+        .and_then(Value::as_str)
+        .unwrap_or("default");
+    match (kind, scaling) {
+        ("llama3", Some(s)) => {
+            let field = |name: &str| {
+                s.get(name)
+                    .and_then(Value::as_f64)
+                    .ok_or_else(|| ModelError::InvalidFile {
+                        path: path.to_path_buf(),
+                        message: format!(
+                            "rope_scaling.{name} is missing (rope_type llama3 needs it)"
+                        ),
+                    })
+            };
+            Ok(RopeScaling::Llama3 {
+                factor: field("factor")?,
+                low_freq_factor: field("low_freq_factor")?,
+                high_freq_factor: field("high_freq_factor")?,
+                original_max_position_embeddings: field("original_max_position_embeddings")?,
+            })
+        }
+        _ => check_rope_type(v, path).map(|()| RopeScaling::Default),
+    }
+}
+
+/// RoPE's inverse frequencies for `head_dim` and `theta` under `scaling`.
+pub fn inv_freq(head_dim: usize, theta: f64, scaling: RopeScaling) -> Vec<f32> {
+    let base = (0..head_dim / 2).map(|i| 1.0 / theta.powf(2.0 * i as f64 / head_dim as f64));
+    match scaling {
+        RopeScaling::Default => base.map(|f| f as f32).collect(),
+        RopeScaling::Llama3 {
+            factor,
+            low_freq_factor,
+            high_freq_factor,
+            original_max_position_embeddings: old,
+        } => {
+            let low_freq_wavelen = old / low_freq_factor;
+            let high_freq_wavelen = old / high_freq_factor;
+            base.map(|f| {
+                let wavelen = 2.0 * std::f64::consts::PI / f;
+                let scaled = if wavelen > low_freq_wavelen {
+                    f / factor
+                } else {
+                    f
+                };
+                let medium = wavelen >= high_freq_wavelen && wavelen <= low_freq_wavelen;
+                if medium {
+                    let smooth =
+                        (old / wavelen - low_freq_factor) / (high_freq_factor - low_freq_factor);
+                    ((1.0 - smooth) * scaled / factor + smooth * scaled) as f32
+                } else {
+                    scaled as f32
+                }
+            })
+            .collect()
+        }
+    }
+}
+
+/// Only the default RoPE: a scaled variant would load and run but answer with wrong
+/// positions, so it is refused by name.
 pub(crate) fn check_rope_type(v: &Value, path: &Path) -> std::result::Result<(), ModelError> {
     let scaling = v
         .get("rope_parameters")
@@ -181,10 +266,9 @@ fn load_weights(cfg: &Config, vb: VarBuilder, qkv_bias: bool, o_bias: bool) -> R
     } else {
         linear_no_bias(h, cfg.vocab_size, vb.pp("lm_head"))?
     };
-    let rotary = RotaryTable::new(
-        head_dim,
+    let rotary = RotaryTable::from_inv_freq(
+        inv_freq(head_dim, cfg.rope_theta, cfg.rope_scaling),
         cfg.max_position_embeddings,
-        cfg.rope_theta,
         vb.dtype(),
         vb.device(),
     )?;
@@ -272,4 +356,59 @@ pub fn build_causal(cfg: &Config, vb: VarBuilder, qkv_bias: bool) -> Result<Caus
         lm_head: w.lm_head,
         max_context: cfg.max_position_embeddings,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    const LLAMA3: RopeScaling = RopeScaling::Llama3 {
+        factor: 8.0,
+        low_freq_factor: 1.0,
+        high_freq_factor: 4.0,
+        original_max_position_embeddings: 64.0,
+    };
+
+    #[test]
+    fn llama3_keeps_short_wavelengths_divides_long_ones_and_interpolates_between() {
+        let plain = inv_freq(16, 10_000.0, RopeScaling::Default);
+        let scaled = inv_freq(16, 10_000.0, LLAMA3);
+        let wavelen = |f: f32| 2.0 * std::f64::consts::PI / f64::from(f);
+        for (p, s) in plain.iter().zip(&scaled) {
+            let w = wavelen(*p);
+            if w < 16.0 {
+                assert_eq!(p, s, "wavelength {w} < 64/4 is kept");
+            } else if w > 64.0 {
+                assert!(
+                    (p / 8.0 - s).abs() < 1e-9,
+                    "wavelength {w} > 64 is divided by 8"
+                );
+            } else {
+                assert!(s < p && *s > p / 8.0, "wavelength {w} is interpolated");
+            }
+        }
+        assert_eq!(plain[0], 1.0);
+    }
+
+    #[test]
+    fn rope_kinds_are_read_or_refused_by_name() {
+        let path = Path::new("config.json");
+        let llama32 = json!({"rope_scaling": {"factor": 32.0, "high_freq_factor": 4.0, "low_freq_factor": 1.0, "original_max_position_embeddings": 8192, "rope_type": "llama3"}});
+        assert!(
+            matches!(rope_scaling(&llama32, path).unwrap(), RopeScaling::Llama3 { factor, .. } if factor == 32.0)
+        );
+        assert_eq!(
+            rope_scaling(&json!({"rope_scaling": null}), path).unwrap(),
+            RopeScaling::Default
+        );
+        let missing = json!({"rope_scaling": {"rope_type": "llama3", "factor": 8.0}});
+        let err = rope_scaling(&missing, path).unwrap_err().to_string();
+        assert!(err.contains("rope_scaling.low_freq_factor"), "{err}");
+        let yarn = json!({"rope_scaling": {"rope_type": "yarn", "factor": 4.0}});
+        assert!(rope_scaling(&yarn, path)
+            .unwrap_err()
+            .to_string()
+            .contains("\"yarn\""));
+    }
 }
