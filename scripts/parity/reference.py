@@ -632,6 +632,31 @@ def cmd_ar_fixture(args):
     log(f"wrote {args.out}")
 
 
+def cmd_transformers_init(args):
+    """Replaces the weights (and config.json) of a checkpoint directory with a model
+    transformers itself initialises and saves, after applying --set overrides to its
+    config: a checkpoint written by transformers, not by dfastllm."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.from_pretrained(args.model)
+    for item in args.set:
+        key, value = item.split("=", 1)
+        setattr(config, key, json.loads(value))
+    torch.manual_seed(args.seed)
+    model = AutoModelForCausalLM.from_config(config).float().eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            # transformers' 0.02 initialisation leaves logits near zero, a weak parity
+            # test; larger matrices (norm weights stay one) make every layer count.
+            if p.dim() > 1:
+                p.normal_(0.0, args.std)
+    for f in os.listdir(args.model):
+        if f.endswith(".safetensors") or f == "model.safetensors.index.json":
+            os.remove(os.path.join(args.model, f))
+    model.save_pretrained(args.model)
+    log(f"{args.model}: {type(model).__name__} saved by transformers {transformers.__version__}")
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -667,6 +692,13 @@ def main(argv=None):
     ar.add_argument("--continue-tokens", type=int, default=32)
     ar.add_argument("--prompts", nargs="+", default=["sort 52913=", "rev hello=", "add 47+85="])
     ar.set_defaults(func=cmd_ar_fixture)
+
+    ti = sub.add_parser("transformers-init", help="a checkpoint initialised and saved by transformers")
+    ti.add_argument("--model", required=True, help="checkpoint directory (config.json and tokenizer kept)")
+    ti.add_argument("--set", nargs="*", default=[], help="config overrides, key=JSON")
+    ti.add_argument("--seed", type=int, default=0)
+    ti.add_argument("--std", type=float, default=0.1)
+    ti.set_defaults(func=cmd_transformers_init)
 
     args = parser.parse_args(argv)
     args.func(args)

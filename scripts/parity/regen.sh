@@ -10,7 +10,7 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 
 archs=("$@")
-[[ ${#archs[@]} -gt 0 ]] || archs=(llada dream llama qwen2 phi gpt2 llama3 llama-ar)
+[[ ${#archs[@]} -gt 0 ]] || archs=(llada dream llama qwen2 phi gpt2 llama3 llama-head-dim llama-ar)
 
 # demo-model only writes files: the dev build (the one the tests use) is enough.
 cargo build -p dfastllm-runtime --bin dfastllm >&2
@@ -46,6 +46,15 @@ config["rope_scaling"] = {"factor": 8.0, "low_freq_factor": 1.0, "high_freq_fact
                           "original_max_position_embeddings": 64, "rope_type": "llama3"}
 json.dump(config, open(path, "w"), indent=2)
 PY
+        "$PY" scripts/parity/reference.py ar-fixture --model "$dir" --out "$dir/expected.json"
+        ;;
+    llama-head-dim)
+        # head_dim 32 with hidden 64 and 4 heads (q and o are 128 wide), the weights
+        # initialised and saved by transformers itself (its config.json too).
+        rm -rf "$dir"
+        target/debug/dfastllm demo-model --arch llama --out "$dir" --seed 2024 \
+            --layers 2 --hidden 64 --heads 4 --vocab 320 --max-context 256
+        "$PY" scripts/parity/reference.py transformers-init --model "$dir" --set head_dim=32 --seed 2024
         "$PY" scripts/parity/reference.py ar-fixture --model "$dir" --out "$dir/expected.json"
         ;;
     llama-ar)

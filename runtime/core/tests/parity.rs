@@ -240,7 +240,7 @@ fn bundled_llama_matches_transformers() {
 /// `AutoModelForCausalLM`: 32-token greedy continuations.
 #[test]
 fn causal_architectures_match_transformers() {
-    for arch in ["llama", "qwen2", "phi", "gpt2", "llama3"] {
+    for arch in ["llama", "qwen2", "phi", "gpt2", "llama3", "llama-head-dim"] {
         let dir = fixture_dir(arch);
         let worst = check_causal(&dir, &dir.join("expected.json"));
         eprintln!("{arch}: max |logit difference| against transformers {worst}");

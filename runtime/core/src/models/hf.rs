@@ -25,6 +25,8 @@ pub struct Config {
     pub vocab_size: usize,
     pub rope_theta: f64,
     pub rope_scaling: RopeScaling,
+    /// Width of one attention head (config.json's `head_dim`, else hidden / heads).
+    pub head_dim: usize,
     pub rms_norm_eps: f64,
     pub max_position_embeddings: usize,
     pub tie_word_embeddings: bool,
@@ -40,12 +42,30 @@ impl Config {
         let num_attention_heads = usize_field(v, "num_attention_heads", path)?;
         let num_key_value_heads =
             usize_field(v, "num_key_value_heads", path).unwrap_or(num_attention_heads);
-        check_heads(hidden_size, num_attention_heads, num_key_value_heads).map_err(|message| {
-            ModelError::InvalidFile {
-                path: path.to_path_buf(),
-                message,
+        let invalid_heads = |message: String| ModelError::InvalidFile {
+            path: path.to_path_buf(),
+            message,
+        };
+        // `head_dim` may differ from hidden / heads (Gemma, Qwen3, some Llama
+        // derivatives): q and o are then heads x head_dim wide.
+        let head_dim = match v.get("head_dim").and_then(Value::as_u64) {
+            Some(d) => {
+                let d = d as usize;
+                if num_key_value_heads == 0 || num_attention_heads % num_key_value_heads != 0 {
+                    return Err(invalid_heads(format!(
+                        "{num_attention_heads} attention heads are not a multiple of {num_key_value_heads} key/value heads"
+                    )));
+                }
+                if d == 0 || d % 2 != 0 {
+                    return Err(invalid_heads(format!(
+                        "head_dim {d} must be even for rotary embeddings"
+                    )));
+                }
+                d
             }
-        })?;
+            None => check_heads(hidden_size, num_attention_heads, num_key_value_heads)
+                .map_err(invalid_heads)?,
+        };
         // transformers 5 writes rope_parameters.rope_theta; older files rope_theta.
         let rope_theta = match v.get("rope_parameters") {
             Some(p) => f64_field(p, "rope_theta", f64_field(v, "rope_theta", 10_000.0)),
@@ -65,14 +85,6 @@ impl Config {
         if v.get("mlp_bias").and_then(Value::as_bool).unwrap_or(false) {
             return Err(invalid("mlp_bias: true is not supported".into()));
         }
-        if let Some(head_dim) = v.get("head_dim").and_then(Value::as_u64) {
-            if head_dim as usize != hidden_size / num_attention_heads {
-                return Err(invalid(format!(
-                    "head_dim {head_dim} differs from hidden_size / num_attention_heads = {}; not supported",
-                    hidden_size / num_attention_heads
-                )));
-            }
-        }
         Ok(Self {
             hidden_size,
             intermediate_size: usize_field(v, "intermediate_size", path)?,
@@ -82,6 +94,7 @@ impl Config {
             vocab_size: usize_field(v, "vocab_size", path)?,
             rope_theta,
             rope_scaling,
+            head_dim,
             rms_norm_eps: f64_field(v, "rms_norm_eps", 1e-6),
             // Dream's 131072 would make a 131072-row rotary table: cap what we precompute.
             max_position_embeddings: usize_field(v, "max_position_embeddings", path)
@@ -230,8 +243,9 @@ struct Weights {
 /// Loads the weights; `qkv_bias` for Qwen2-style q/k/v biases, `o_bias` for Llama's
 /// `attention_bias` (which puts biases on all four projections).
 fn load_weights(cfg: &Config, vb: VarBuilder, qkv_bias: bool, o_bias: bool) -> Result<Weights> {
-    let head_dim = cfg.hidden_size / cfg.num_attention_heads;
+    let head_dim = cfg.head_dim;
     let kv_dim = cfg.num_key_value_heads * head_dim;
+    let q_dim = cfg.num_attention_heads * head_dim;
     let (h, inter, eps) = (cfg.hidden_size, cfg.intermediate_size, cfg.rms_norm_eps);
     let proj = |bias: bool, inp: usize, out: usize, vb: VarBuilder| {
         if bias {
@@ -249,10 +263,10 @@ fn load_weights(cfg: &Config, vb: VarBuilder, qkv_bias: bool, o_bias: bool) -> R
             let f = l.pp("mlp");
             Ok(LayerWeights {
                 attn_norm: rms_norm(h, eps, l.pp("input_layernorm"))?,
-                q: proj(qkv_bias, h, h, a.pp("q_proj"))?,
+                q: proj(qkv_bias, h, q_dim, a.pp("q_proj"))?,
                 k: proj(qkv_bias, h, kv_dim, a.pp("k_proj"))?,
                 v: proj(qkv_bias, h, kv_dim, a.pp("v_proj"))?,
-                o: proj(o_bias, h, h, a.pp("o_proj"))?,
+                o: proj(o_bias, q_dim, h, a.pp("o_proj"))?,
                 mlp_norm: rms_norm(h, eps, l.pp("post_attention_layernorm"))?,
                 gate: linear_no_bias(h, inter, f.pp("gate_proj"))?,
                 up: linear_no_bias(h, inter, f.pp("up_proj"))?,
