@@ -203,6 +203,10 @@ pub struct ChatRequest {
     pub messages: Vec<RequestMessage>,
     /// Chat's form: a switch, and the alternatives per token in `top_logprobs`.
     pub logprobs: Option<bool>,
+    /// vLLM's chat extensions: end the prompt with the assistant header (default), or
+    /// continue the final assistant message instead.
+    pub add_generation_prompt: Option<bool>,
+    pub continue_final_message: Option<bool>,
     pub top_logprobs: Option<i64>,
     #[serde(default)]
     pub stream: bool,

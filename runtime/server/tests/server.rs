@@ -631,3 +631,44 @@ async fn a_client_that_disconnects_frees_its_slot() {
         "decoding stopped early:\n{metrics}"
     );
 }
+
+#[tokio::test]
+async fn chat_can_continue_the_final_assistant_message() {
+    let stack = start(EngineMode::Running, |_| {}).await;
+    let conversation = json!([
+        {"role": "user", "content": "Count to three."},
+        {"role": "assistant", "content": "One, two,"}
+    ]);
+    let (status, with_header) = stack
+        .post(
+            "/v1/chat/completions",
+            json!({"messages": conversation, "max_tokens": 8}),
+        )
+        .await;
+    assert_eq!(status, 200, "{with_header}");
+    let (status, continued) = stack
+        .post(
+            "/v1/chat/completions",
+            json!({"messages": conversation, "max_tokens": 8, "continue_final_message": true, "add_generation_prompt": false}),
+        )
+        .await;
+    assert_eq!(status, 200, "{continued}");
+    // The continued prompt stops inside the assistant's turn: no end-of-turn, no new
+    // header, so it is shorter than the prompt that opens a new turn.
+    let tokens = |v: &Value| v["usage"]["prompt_tokens"].as_u64().unwrap();
+    assert!(
+        tokens(&continued) < tokens(&with_header),
+        "{continued} vs {with_header}"
+    );
+    for body in [
+        json!({"messages": conversation, "continue_final_message": true, "add_generation_prompt": true}),
+        json!({"messages": [{"role": "user", "content": "hi"}], "continue_final_message": true}),
+    ] {
+        let (status, response) = stack.post("/v1/chat/completions", body).await;
+        assert_error(status, &response, 400, "invalid_request_error");
+        assert_eq!(
+            response["error"]["param"], "continue_final_message",
+            "{response}"
+        );
+    }
+}

@@ -278,6 +278,28 @@ impl TextTokenizer {
         chat::render(template, messages, &ctx)
     }
 
+    /// The prompt that continues the final (assistant) message instead of starting a new
+    /// turn, as transformers' `continue_final_message`: rendered without the generation
+    /// prompt and cut right after that message's text, before its end-of-turn.
+    pub fn continue_final_message(
+        &self,
+        messages: &[ChatMessage],
+    ) -> Result<String, TokenizerError> {
+        let rendered = self.apply_chat_template(messages, false)?;
+        let last = messages.last().map(|m| m.content.as_str()).unwrap_or("");
+        // Templates that trim messages (Llama 3.1's) render the stripped text.
+        let end = [last, last.trim()]
+            .iter()
+            .filter(|t| !t.is_empty())
+            .find_map(|t| rendered.rfind(*t).map(|i| i + t.len()));
+        match end {
+            Some(end) => Ok(rendered[..end].to_string()),
+            None => Err(TokenizerError::Template(
+                "continue_final_message: the final message does not appear in the rendered chat template".into(),
+            )),
+        }
+    }
+
     /// Ids of the end-of-turn tokens a chat template may emit, which end an answer
     /// just like EOS does: Llama 3's and LLaDA's `<|eot_id|>`, ChatML's `<|im_end|>`,
     /// `<|endoftext|>`, LLaDA-MoE's and LLaDA 2's `<|role_end|>`, and DiffuCoder's
@@ -421,6 +443,25 @@ mod tests {
             let id = tok.token_id(token).unwrap();
             assert!(ends.contains(&id), "{token} {id} in {ends:?}");
         }
+    }
+
+    #[test]
+    fn continue_final_message_cuts_after_the_assistants_text() {
+        let (_d, tok) = demo(Architecture::Dream);
+        let msgs = [
+            ChatMessage::new("user", "Count to three."),
+            ChatMessage::new("assistant", "One, two,"),
+        ];
+        let text = tok.continue_final_message(&msgs).unwrap();
+        assert!(
+            text.ends_with("<|im_start|>assistant\nOne, two,"),
+            "{text:?}"
+        );
+        let empty = [
+            ChatMessage::new("user", "hi"),
+            ChatMessage::new("assistant", ""),
+        ];
+        assert!(tok.continue_final_message(&empty).is_err());
     }
 
     #[test]

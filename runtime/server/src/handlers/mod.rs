@@ -120,10 +120,27 @@ pub async fn chat_completions(
         &info.sampling_defaults,
     )?;
     let messages = req.chat_messages()?;
-    let prompt = info
-        .tokenizer
-        .apply_chat_template(&messages, true)
-        .map_err(|e| ApiError::invalid("messages", e.to_string()))?;
+    let prompt = match (req.add_generation_prompt, req.continue_final_message) {
+        (Some(true), Some(true)) => {
+            return Err(ApiError::invalid(
+                "continue_final_message",
+                "continue_final_message and add_generation_prompt cannot both be true",
+            ))
+        }
+        (_, Some(true)) => {
+            if messages.last().map(|m| m.role.as_str()) != Some("assistant") {
+                return Err(ApiError::invalid(
+                    "continue_final_message",
+                    "continue_final_message needs the last message to be the assistant's",
+                ));
+            }
+            info.tokenizer.continue_final_message(&messages)
+        }
+        (add, _) => info
+            .tokenizer
+            .apply_chat_template(&messages, add.unwrap_or(true)),
+    }
+    .map_err(|e| ApiError::invalid("messages", e.to_string()))?;
     let ids = encode_prompt(&info, &prompt, "messages", PromptKind::Chat)?;
     let mut resolved = resolved;
     resolved.sampling.autoregressive.logprobs = chat_logprobs(req.logprobs, req.top_logprobs)?;
