@@ -413,3 +413,57 @@ def test_bundled_ar_model_answers_and_stops_at_eos():
         assert len([p for p in pieces if p]) >= 2, "streamed token by token"
     finally:
         s.close()
+
+
+REAL = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "fixtures", "real")
+
+
+def real_like(family, out):
+    """A `demo-model --like` checkpoint of a real model's published metadata (the
+    fixture's compressed vocabularies unpacked first, as a download holds them)."""
+    import gzip
+    import shutil
+
+    source = os.path.join(out, "source")
+    os.makedirs(source)
+    for name in os.listdir(os.path.join(REAL, family)):
+        path = os.path.join(REAL, family, name)
+        if name.endswith(".gz"):
+            with gzip.open(path, "rb") as i, open(os.path.join(source, name[:-3]), "wb") as o:
+                shutil.copyfileobj(i, o)
+        else:
+            shutil.copy(path, source)
+    model = os.path.join(out, "model")
+    subprocess.run([BIN, "demo-model", "--like", source, "--out", model, "--layers", "1", "--hidden", "64",
+                    "--heads", "4"], check=True, capture_output=True)
+    return model
+
+
+def test_real_dream_metadata_chats_with_transformers_prompt_ids():
+    with tempfile.TemporaryDirectory() as tmp:
+        s = Server("dream-real", "--max-tokens", "8", model_dir=real_like("dream-v0-instruct-7b", tmp))
+        try:
+            reference = json.load(open(os.path.join(REAL, "dream-v0-instruct-7b", "reference.json")))
+            for case in reference["chat"]:
+                if not case["add_generation_prompt"]:
+                    continue
+                r = s.client.chat.completions.create(model="gpt-3.5-turbo", messages=case["messages"], max_tokens=4)
+                # The real template and tokenizer: the prompt transformers builds.
+                assert r.usage.prompt_tokens == len(case["ids"]), case["messages"]
+                assert r.choices[0].finish_reason in ("stop", "length")
+        finally:
+            s.close()
+
+
+def test_real_phi2_metadata_completes_with_its_published_tokenizer():
+    with tempfile.TemporaryDirectory() as tmp:
+        s = Server("phi2-real", model_dir=real_like("phi-2", tmp))
+        try:
+            r = s.client.completions.create(model="gpt-3.5-turbo", prompt="Hello, world!", max_tokens=3,
+                                            temperature=0)
+            assert r.usage.prompt_tokens == 4  # [15496, 11, 995, 0], as transformers encodes it
+            with pytest.raises(openai.BadRequestError):
+                # Phi-2 ships no chat template: chat is a 400, as upstream.
+                s.client.chat.completions.create(model="gpt-3.5-turbo", messages=[{"role": "user", "content": "hi"}])
+        finally:
+            s.close()
