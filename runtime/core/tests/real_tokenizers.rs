@@ -120,3 +120,21 @@ fn an_unknown_slow_tokenizer_class_is_refused_by_name() {
     let err = TextTokenizer::load(sp.path()).unwrap_err().to_string();
     assert!(err.contains("sentencepiece tokenizer.model"), "{err}");
 }
+
+#[test]
+fn dream_renders_openai_tools_as_transformers_does() {
+    let dir = unpacked("dream-v0-instruct-7b", &[]);
+    let tok = TextTokenizer::load(dir.path()).unwrap();
+    let reference = reference("dream-v0-instruct-7b");
+    let case = &reference["tool_chat"][0];
+    let text = tok
+        .apply_chat_template_with(
+            &messages(&case["messages"]),
+            true,
+            Some(&case["tools"]),
+            None,
+        )
+        .unwrap();
+    assert_eq!(text, case["text"].as_str().unwrap());
+    assert_eq!(tok.encode(&text).unwrap(), ids(&case["ids"]));
+}

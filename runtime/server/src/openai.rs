@@ -207,6 +207,10 @@ pub struct ChatRequest {
     /// continue the final assistant message instead.
     pub add_generation_prompt: Option<bool>,
     pub continue_final_message: Option<bool>,
+    /// OpenAI's function `tools` and RAG `documents`: passed to the chat template, which
+    /// describes them to the model (tool calls in the answer are not parsed).
+    pub tools: Option<serde_json::Value>,
+    pub documents: Option<serde_json::Value>,
     pub top_logprobs: Option<i64>,
     #[serde(default)]
     pub stream: bool,

@@ -451,6 +451,10 @@ def test_real_dream_metadata_chats_with_transformers_prompt_ids():
                 # The real template and tokenizer: the prompt transformers builds.
                 assert r.usage.prompt_tokens == len(case["ids"]), case["messages"]
                 assert r.choices[0].finish_reason in ("stop", "length")
+            tool = reference["tool_chat"][0]
+            r = s.client.chat.completions.create(model="gpt-3.5-turbo", messages=tool["messages"],
+                                                 tools=tool["tools"], max_tokens=4)
+            assert r.usage.prompt_tokens == len(tool["ids"]), "tools rendered by the template as in transformers"
         finally:
             s.close()
 

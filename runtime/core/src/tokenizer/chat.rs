@@ -18,6 +18,10 @@ pub struct ChatContext<'a> {
     pub add_generation_prompt: bool,
     pub bos_token: &'a str,
     pub eos_token: &'a str,
+    /// OpenAI's `tools` (function schemas), passed through as transformers does.
+    pub tools: Option<&'a serde_json::Value>,
+    /// RAG `documents`, passed through likewise.
+    pub documents: Option<&'a serde_json::Value>,
 }
 
 /// Python's `json.dumps` separators without `indent`: `", "` and `": "`.
@@ -207,6 +211,8 @@ pub fn render(
         add_generation_prompt => ctx.add_generation_prompt,
         bos_token => ctx.bos_token,
         eos_token => ctx.eos_token,
+        tools => ctx.tools.map(JinjaValue::from_serialize),
+        documents => ctx.documents.map(JinjaValue::from_serialize),
     })
     .map_err(|e| {
         // A template's own `raise_exception` message is what the user should read.
@@ -227,6 +233,8 @@ mod tests {
             add_generation_prompt: true,
             bos_token: "<s>",
             eos_token: "</s>",
+            tools: None,
+            documents: None,
         };
         render(template, messages, &ctx)
     }

@@ -266,6 +266,18 @@ impl TextTokenizer {
         messages: &[ChatMessage],
         add_generation_prompt: bool,
     ) -> Result<String, TokenizerError> {
+        self.apply_chat_template_with(messages, add_generation_prompt, None, None)
+    }
+
+    /// [`Self::apply_chat_template`] with OpenAI's `tools` and RAG `documents` passed
+    /// to the template (templates without tool support ignore them, as in Python).
+    pub fn apply_chat_template_with(
+        &self,
+        messages: &[ChatMessage],
+        add_generation_prompt: bool,
+        tools: Option<&Value>,
+        documents: Option<&Value>,
+    ) -> Result<String, TokenizerError> {
         let template = self
             .chat_template
             .as_deref()
@@ -274,6 +286,8 @@ impl TextTokenizer {
             add_generation_prompt,
             bos_token: self.bos_token.as_deref().unwrap_or_default(),
             eos_token: self.eos_token.as_deref().unwrap_or_default(),
+            tools,
+            documents,
         };
         chat::render(template, messages, &ctx)
     }

@@ -136,9 +136,12 @@ pub async fn chat_completions(
             }
             info.tokenizer.continue_final_message(&messages)
         }
-        (add, _) => info
-            .tokenizer
-            .apply_chat_template(&messages, add.unwrap_or(true)),
+        (add, _) => info.tokenizer.apply_chat_template_with(
+            &messages,
+            add.unwrap_or(true),
+            req.tools.as_ref(),
+            req.documents.as_ref(),
+        ),
     }
     .map_err(|e| ApiError::invalid("messages", e.to_string()))?;
     let ids = encode_prompt(&info, &prompt, "messages", PromptKind::Chat)?;
