@@ -131,14 +131,7 @@ pub enum RopeScaling {
 /// (yarn, linear, dynamic, ...) would load and run but answer with wrong positions,
 /// so it is refused by name.
 pub fn rope_scaling(v: &Value, path: &Path) -> std::result::Result<RopeScaling, ModelError> {
-    let scaling = v
-        .get("rope_parameters")
-        .or_else(|| v.get("rope_scaling"))
-        .filter(|s| !s.is_null());
-    let kind = scaling
-        .and_then(|s| s.get("rope_type").or_else(|| s.get("type")))
-        .and_then(Value::as_str)
-        .unwrap_or("default");
+    let (kind, scaling) = rope_kind(v);
     match (kind, scaling) {
         ("llama3", Some(s)) => {
             let field = |name: &str| {
@@ -160,6 +153,20 @@ pub fn rope_scaling(v: &Value, path: &Path) -> std::result::Result<RopeScaling, 
         }
         _ => check_rope_type(v, path).map(|()| RopeScaling::Default),
     }
+}
+
+/// The RoPE kind config.json names (transformers 5's `rope_parameters`, older files'
+/// `rope_scaling`), and that section.
+fn rope_kind(v: &Value) -> (&str, Option<&Value>) {
+    let scaling = v
+        .get("rope_parameters")
+        .or_else(|| v.get("rope_scaling"))
+        .filter(|s| !s.is_null());
+    let kind = scaling
+        .and_then(|s| s.get("rope_type").or_else(|| s.get("type")))
+        .and_then(Value::as_str)
+        .unwrap_or("default");
+    (kind, scaling)
 }
 
 /// RoPE's inverse frequencies for `head_dim` and `theta` under `scaling`.
@@ -199,14 +206,7 @@ pub fn inv_freq(head_dim: usize, theta: f64, scaling: RopeScaling) -> Vec<f32> {
 /// Only the default RoPE: a scaled variant would load and run but answer with wrong
 /// positions, so it is refused by name.
 pub(crate) fn check_rope_type(v: &Value, path: &Path) -> std::result::Result<(), ModelError> {
-    let scaling = v
-        .get("rope_parameters")
-        .or_else(|| v.get("rope_scaling"))
-        .filter(|s| !s.is_null());
-    let kind = scaling
-        .and_then(|s| s.get("rope_type").or_else(|| s.get("type")))
-        .and_then(Value::as_str)
-        .unwrap_or("default");
+    let (kind, _) = rope_kind(v);
     if kind != "default" {
         return Err(ModelError::InvalidFile {
             path: path.to_path_buf(),
