@@ -298,8 +298,10 @@ impl TextTokenizer {
     pub fn continue_final_message(
         &self,
         messages: &[ChatMessage],
+        tools: Option<&Value>,
+        documents: Option<&Value>,
     ) -> Result<String, TokenizerError> {
-        let rendered = self.apply_chat_template(messages, false)?;
+        let rendered = self.apply_chat_template_with(messages, false, tools, documents)?;
         let last = messages.last().map(|m| m.content.as_str()).unwrap_or("");
         // Templates that trim messages (Llama 3.1's) render the stripped text.
         let end = [last, last.trim()]
@@ -466,7 +468,7 @@ mod tests {
             ChatMessage::new("user", "Count to three."),
             ChatMessage::new("assistant", "One, two,"),
         ];
-        let text = tok.continue_final_message(&msgs).unwrap();
+        let text = tok.continue_final_message(&msgs, None, None).unwrap();
         assert!(
             text.ends_with("<|im_start|>assistant\nOne, two,"),
             "{text:?}"
@@ -475,7 +477,7 @@ mod tests {
             ChatMessage::new("user", "hi"),
             ChatMessage::new("assistant", ""),
         ];
-        assert!(tok.continue_final_message(&empty).is_err());
+        assert!(tok.continue_final_message(&empty, None, None).is_err());
     }
 
     #[test]

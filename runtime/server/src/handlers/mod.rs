@@ -95,17 +95,43 @@ pub async fn completions(
         .collect::<Result<Vec<_>, _>>()?;
     let mut resolved = resolved;
     resolved.sampling.autoregressive.logprobs = completion_logprobs(req.logprobs)?;
-    let logprobs = resolved.sampling.autoregressive.logprobs.is_some();
-    let job = Job::new(&info, ids, resolved)?;
     let include_usage = req.stream_options.is_some_and(|o| o.include_usage);
-    let shape = Shape::new(
-        Dialect::Completion,
-        req.model.as_deref().unwrap_or(&state.config.served_name),
+    let output = Output {
+        dialect: Dialect::Completion,
+        model: req.model.as_deref(),
         include_usage,
+        stream: req.stream,
+    };
+    run(state, info, ids, resolved, output).await
+}
+
+/// How a request wants its answer.
+struct Output<'a> {
+    dialect: Dialect,
+    /// The name the client asked for (answers echo it), else the served name.
+    model: Option<&'a str>,
+    include_usage: bool,
+    stream: bool,
+}
+
+/// Builds the job of validated prompts and answers it in the request's dialect.
+async fn run(
+    state: AppState,
+    info: Arc<ModelInfo>,
+    prompts: Vec<Vec<u32>>,
+    resolved: crate::openai::Resolved,
+    output: Output<'_>,
+) -> Result<Response, ApiError> {
+    let logprobs = resolved.sampling.autoregressive.logprobs.is_some();
+    let job = Job::new(&info, prompts, resolved)?;
+    let shape = Shape::new(
+        output.dialect,
+        output.model.unwrap_or(&state.config.served_name),
+        output.include_usage,
         logprobs,
         info.clone(),
     );
-    respond(state.clone(), info, job, req.stream, shape).await
+    respond(state.clone(), info, job, output.stream, shape).await
 }
 
 pub async fn chat_completions(
@@ -134,7 +160,11 @@ pub async fn chat_completions(
                     "continue_final_message needs the last message to be the assistant's",
                 ));
             }
-            info.tokenizer.continue_final_message(&messages)
+            info.tokenizer.continue_final_message(
+                &messages,
+                req.tools.as_ref(),
+                req.documents.as_ref(),
+            )
         }
         (add, _) => info.tokenizer.apply_chat_template_with(
             &messages,
@@ -147,17 +177,14 @@ pub async fn chat_completions(
     let ids = encode_prompt(&info, &prompt, "messages", PromptKind::Chat)?;
     let mut resolved = resolved;
     resolved.sampling.autoregressive.logprobs = chat_logprobs(req.logprobs, req.top_logprobs)?;
-    let logprobs = resolved.sampling.autoregressive.logprobs.is_some();
-    let job = Job::new(&info, vec![ids], resolved)?;
     let include_usage = req.stream_options.is_some_and(|o| o.include_usage);
-    let shape = Shape::new(
-        Dialect::Chat,
-        req.model.as_deref().unwrap_or(&state.config.served_name),
+    let output = Output {
+        dialect: Dialect::Chat,
+        model: req.model.as_deref(),
         include_usage,
-        logprobs,
-        info.clone(),
-    );
-    respond(state.clone(), info, job, req.stream, shape).await
+        stream: req.stream,
+    };
+    run(state, info, vec![ids], resolved, output).await
 }
 
 pub async fn generate(
@@ -180,15 +207,13 @@ pub async fn generate(
         .prompt
         .ok_or_else(|| ApiError::invalid("prompt", "prompt is required"))?;
     let ids = encode_prompt(&info, &prompt, "prompt", PromptKind::Plain)?;
-    let job = Job::new(&info, vec![ids], resolved)?;
-    let shape = Shape::new(
-        Dialect::Generate,
-        &state.config.served_name,
-        false,
-        false,
-        info.clone(),
-    );
-    respond(state.clone(), info, job, req.stream, shape).await
+    let output = Output {
+        dialect: Dialect::Generate,
+        model: None,
+        include_usage: false,
+        stream: req.stream,
+    };
+    run(state, info, vec![ids], resolved, output).await
 }
 
 #[derive(Serialize)]
