@@ -657,6 +657,68 @@ def cmd_transformers_init(args):
     log(f"{args.model}: {type(model).__name__} saved by transformers {transformers.__version__}")
 
 
+def cmd_sampler_fixture(args):
+    """What transformers' own logits processors make of random logits: the repetition
+    penalty, temperature, top-k and top-p in generate()'s order, as the support of the
+    sampling distribution (id, probability), best first, and the greedy pick after the
+    penalty. The runtime's sampler (decoding/next_token.rs) must give the same."""
+    from transformers.generation.logits_process import (
+        LogitsProcessorList,
+        RepetitionPenaltyLogitsProcessor,
+        TemperatureLogitsWarper,
+        TopKLogitsWarper,
+        TopPLogitsWarper,
+    )
+
+    gen = torch.Generator().manual_seed(args.seed)
+    vocab = 64
+    cases = [
+        # (temperature, top_k, top_p, repetition_penalty)
+        (1.0, 0, 1.0, None),
+        (0.7, 0, 1.0, None),
+        (1.0, 8, 1.0, None),
+        (1.0, 0, 0.6, None),
+        (0.8, 12, 0.9, None),
+        (1.3, 0, 0.95, 1.1),
+        (0.7, 20, 0.8, 1.05),  # Qwen2.5-Instruct's published defaults
+        (1.0, 0, 1.0, 1.5),
+        (1.0, 0, 1.0, 0.8),  # below 1 favours repeats
+    ]
+    out = {"generator": f"{GENERATOR} sampler-fixture", "torch_version": torch.__version__,
+           "transformers_version": transformers.__version__, "vocab": vocab, "cases": []}
+    for temperature, top_k, top_p, penalty in cases:
+        logits = (torch.randn(vocab, generator=gen) * 2.0).tolist()
+        logits = [float(f"{x:.6g}") for x in logits]
+        seen = set(torch.randint(0, vocab, (10,), generator=gen).tolist())
+        # The best raw token was seen too: a penalty then has a greedy pick to change.
+        seen.add(max(range(vocab), key=lambda i: logits[i]))
+        seen = sorted(seen)
+        # Repeat a seen id in the ids, as a prompt does: the penalty applies once.
+        input_ids = torch.tensor([seen + seen[:3]])
+        processors = LogitsProcessorList()
+        if penalty is not None:
+            processors.append(RepetitionPenaltyLogitsProcessor(penalty))
+        scores = processors(input_ids, torch.tensor([logits]))
+        greedy = int(scores[0].argmax())
+        warpers = LogitsProcessorList([TemperatureLogitsWarper(temperature)])
+        if top_k > 0:
+            warpers.append(TopKLogitsWarper(top_k))
+        if top_p < 1.0:
+            warpers.append(TopPLogitsWarper(top_p))
+        probs = torch.softmax(warpers(input_ids, scores)[0].double(), dim=-1)
+        support = [(i, p) for i, p in enumerate(probs.tolist()) if p > 0.0]
+        support.sort(key=lambda t: -t[1])
+        out["cases"].append({
+            "temperature": temperature, "top_k": top_k, "top_p": top_p,
+            "repetition_penalty": penalty, "logits": logits, "seen": seen,
+            "greedy": greedy, "support": [[i, round(p, 9)] for i, p in support],
+        })
+    with open(args.out, "w", encoding="utf-8") as f:
+        json.dump(out, f, indent=1)
+        f.write("\n")
+    log(f"wrote {args.out}: {len(cases)} cases")
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -699,6 +761,11 @@ def main(argv=None):
     ti.add_argument("--seed", type=int, default=0)
     ti.add_argument("--std", type=float, default=0.1)
     ti.set_defaults(func=cmd_transformers_init)
+
+    sf = sub.add_parser("sampler-fixture", help="transformers' logits processors on random logits")
+    sf.add_argument("--out", required=True, help="output JSON file")
+    sf.add_argument("--seed", type=int, default=2024)
+    sf.set_defaults(func=cmd_sampler_fixture)
 
     args = parser.parse_args(argv)
     args.func(args)

@@ -10,7 +10,7 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 
 archs=("$@")
-[[ ${#archs[@]} -gt 0 ]] || archs=(llada dream llama qwen2 phi gpt2 llama3 llama-head-dim llama-ar)
+[[ ${#archs[@]} -gt 0 ]] || archs=(llada dream llama qwen2 phi gpt2 llama3 llama-head-dim llama-ar samplers)
 
 # demo-model only writes files: the dev build (the one the tests use) is enough.
 cargo build -p dfastllm-runtime --bin dfastllm >&2
@@ -56,6 +56,11 @@ PY
             --layers 2 --hidden 64 --heads 4 --vocab 320 --max-context 256
         "$PY" scripts/parity/reference.py transformers-init --model "$dir" --set head_dim=32 --seed 2024
         "$PY" scripts/parity/reference.py ar-fixture --model "$dir" --out "$dir/expected.json"
+        ;;
+    samplers)
+        # The autoregressive sampler against transformers' logits processors.
+        mkdir -p "$dir"
+        "$PY" scripts/parity/reference.py sampler-fixture --out "$dir/expected.json"
         ;;
     llama-ar)
         # The bundled autoregressive model (its weights stay under models/).

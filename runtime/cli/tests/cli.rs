@@ -600,10 +600,80 @@ fn inspect_reports_and_exits_non_zero_only_when_something_is_refused() {
     assert!(text.contains("refused: nothing"), "{text}");
     let o = dfastllm(&["inspect", dir, "--json"]);
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-    assert_eq!(v["chat_template"], "tokenizer_config.json");
+    assert_eq!(v["chat_template"], "tokenizer_config.json (default)");
     std::fs::remove_file(tmp.path().join("tokenizer.json")).unwrap();
     let o = dfastllm(&["inspect", dir]);
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stdout).contains("refused: "));
     assert!(String::from_utf8_lossy(&o.stderr).contains("tokenizer.json"));
+}
+
+/// `generate` reads generation_config.json as `serve` does: its fields are defaults
+/// below the flags, and `--generation-config ignore` turns them off.
+#[test]
+fn generate_applies_generation_config_defaults_below_its_flags() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = |dir: &Path, extra: &[&str]| {
+        let mut args = vec!["generate", "--model", dir.to_str().unwrap(), "--json"];
+        args.extend_from_slice(extra);
+        let o = dfastllm(&args);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        serde_json::from_slice::<serde_json::Value>(&o.stdout).unwrap()
+    };
+    // Autoregressive: a repetition penalty breaks the demo model's greedy loop.
+    let ar = tmp.path().join("ar");
+    demo(&ar, "llama", &[]);
+    std::fs::write(
+        ar.join("generation_config.json"),
+        r#"{"bos_token_id": 256, "eos_token_id": 257, "repetition_penalty": 1.5}"#,
+    )
+    .unwrap();
+    let ids = |extra: &[&str]| {
+        let mut args = vec!["--prompt", "hello hello", "--max-tokens", "24"];
+        args.extend_from_slice(extra);
+        run(&ar, &args)["token_ids"].clone()
+    };
+    let ignored = ids(&["--generation-config", "ignore"]);
+    let ignored_ids: Vec<u64> = ignored
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap())
+        .collect();
+    let repeats = ignored_ids
+        .windows(3)
+        .enumerate()
+        .any(|(i, w)| ignored_ids[i + 3..].windows(3).any(|later| later == w));
+    assert!(
+        repeats,
+        "without the penalty the answer loops: {ignored_ids:?}"
+    );
+    assert_ne!(ids(&[]), ignored, "auto applies the checkpoint's penalty");
+    assert_eq!(ids(&["--repetition-penalty", "1"]), ignored, "a flag wins");
+
+    // Diffusion: Dream's `steps` (the most steps of an answer) and `alg`.
+    let dream = tmp.path().join("dream");
+    demo(&dream, "dream", &[]);
+    std::fs::write(
+        dream.join("generation_config.json"),
+        r#"{"steps": 4, "alg": "entropy", "temperature": 0.0}"#,
+    )
+    .unwrap();
+    let len = [
+        "--prompt",
+        "Hi",
+        "--max-tokens",
+        "16",
+        "--block-length",
+        "16",
+    ];
+    let steps = |extra: &[&str]| {
+        let mut args = len.to_vec();
+        args.extend_from_slice(extra);
+        run(&dream, &args)["steps"].as_u64().unwrap()
+    };
+    let auto = steps(&[]);
+    assert!(auto <= 4, "at most generation_config's 4 steps, got {auto}");
+    assert!(steps(&["--generation-config", "ignore"]) > 4);
+    assert_eq!(steps(&["--steps", "8"]), 8, "a flag wins");
 }

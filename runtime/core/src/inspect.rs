@@ -12,7 +12,7 @@ use serde_json::Value;
 
 use crate::models::dtype::{declared, read_header, stored};
 use crate::models::{self, DTypeChoice, NO_MASK};
-use crate::tokenizer::TextTokenizer;
+use crate::tokenizer::{ChatTemplates, TextTokenizer};
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Inspection {
@@ -133,13 +133,12 @@ pub fn inspect(dir: &Path) -> Inspection {
         .ok()
         .and_then(|t| serde_json::from_str(&t).ok())
         .unwrap_or(Value::Null);
-    let chat_template = if dir.join("chat_template.jinja").exists() {
-        Some("chat_template.jinja".to_string())
-    } else {
-        match tokenizer_config.get("chat_template") {
-            Some(Value::String(_)) => Some("tokenizer_config.json".to_string()),
-            Some(Value::Array(_)) => Some("tokenizer_config.json (named list)".to_string()),
-            _ => None,
+    let chat_template = match ChatTemplates::load(dir, &tokenizer_config) {
+        Ok(Some(t)) => Some(format!("{} ({})", t.source, t.names().join(", "))),
+        Ok(None) => None,
+        Err(e) => {
+            refused.push(e.to_string());
+            None
         }
     };
     let special = models::special_tokens_of(dir, tokenizer.as_ref()).ok();

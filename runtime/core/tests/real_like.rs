@@ -148,7 +148,7 @@ fn inspect_reports_what_the_runtime_makes_of_real_metadata() {
     assert!(report.eos_ids.contains(&126081));
     assert_eq!(
         report.chat_template.as_deref(),
-        Some("tokenizer_config.json")
+        Some("tokenizer_config.json (default)")
     );
     // Its tokenizer.json is not among the fixtures: refused, and said so.
     assert_eq!(report.refused.len(), 1, "{:?}", report.refused);
@@ -185,4 +185,32 @@ fn inspect_reports_what_the_runtime_makes_of_real_metadata() {
         "{:?}",
         report.refused
     );
+}
+
+/// transformers' named templates (`additional_chat_templates/`) travel with `--like`,
+/// and a request with tools renders with `tool_use`.
+#[test]
+fn named_templates_travel_and_tools_pick_tool_use() {
+    let source = download("phi-2");
+    let extra = source.path().join("additional_chat_templates");
+    std::fs::create_dir(&extra).unwrap();
+    std::fs::write(extra.join("tool_use.jinja"), "TOOLS {{ tools | length }}").unwrap();
+    std::fs::write(
+        source.path().join("chat_template.jinja"),
+        "{% for m in messages %}{{ m.content }}{% endfor %}",
+    )
+    .unwrap();
+    let out = tempfile::tempdir().unwrap();
+    write_like(source.path(), &shrunk(), 0, None, 1, out.path()).unwrap();
+    let tok = dfastllm_core::tokenizer::TextTokenizer::load(out.path()).unwrap();
+    let names = tok.chat_templates().unwrap().names();
+    assert_eq!(names, vec!["default", "tool_use"]);
+    let msgs = [ChatMessage::new("user", "hi")];
+    let tools = serde_json::json!([{"type": "function", "function": {"name": "f"}}]);
+    assert_eq!(
+        tok.apply_chat_template_with(&msgs, false, Some(&tools), None)
+            .unwrap(),
+        "TOOLS 1"
+    );
+    assert_eq!(tok.apply_chat_template(&msgs, false).unwrap(), "hi");
 }

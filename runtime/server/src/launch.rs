@@ -165,7 +165,7 @@ fn load_and_schedule(
     };
     let Generator { model, tokenizer } = generator;
     let sampling_defaults = match cfg.generation_config {
-        GenerationConfigMode::Auto => model.sampling_defaults,
+        GenerationConfigMode::Auto => model.sampling_defaults.clone(),
         GenerationConfigMode::Ignore => Default::default(),
     };
     tracing::info!(

@@ -48,6 +48,8 @@ pub struct Sampling {
     /// Autoregressive extensions (vLLM's names): `top_k` (0 or -1 is off), token ids
     /// that end the answer, and `ignore_eos` for fixed-length benchmarks.
     pub top_k: Option<i64>,
+    /// vLLM's and HF's `repetition_penalty` (1 is off).
+    pub repetition_penalty: Option<f64>,
     pub stop_token_ids: Option<Vec<i64>>,
     pub ignore_eos: Option<bool>,
     /// Diffusion extensions.
@@ -395,7 +397,11 @@ pub fn resolve(
         }
     };
     let remasking = match &s.remasking {
-        None => defaults.remasking,
+        // Dream's generation_config.json names its rule `alg`, by Dream's names.
+        None => match model.algorithm.as_deref().map(str::parse::<Remasking>) {
+            Some(Ok(rule)) if !defaults.remasking_set => rule,
+            _ => defaults.remasking,
+        },
         Some(r) => r
             .parse::<Remasking>()
             .map_err(|m| ApiError::invalid("remasking", m))?,
@@ -409,7 +415,7 @@ pub fn resolve(
     };
     let steps = match positive("steps", s.steps)? {
         Some(steps) => steps,
-        None => default_steps(max_tokens, block_length, defaults),
+        None => default_steps(max_tokens, block_length, defaults, model.steps),
     };
     let commit = match &s.apd {
         Some(a) => resolve_apd(a, defaults.commit)?,
@@ -433,6 +439,16 @@ pub fn resolve(
             return Err(ApiError::invalid(
                 "top_k",
                 format!("top_k must be -1, 0 (off) or positive, got {k}"),
+            ))
+        }
+    };
+    let repetition_penalty = match s.repetition_penalty {
+        None => model.repetition_penalty,
+        Some(p) if p.is_finite() && p > 0.0 => (p != 1.0).then_some(p as f32),
+        Some(p) => {
+            return Err(ApiError::invalid(
+                "repetition_penalty",
+                format!("repetition_penalty must be greater than 0, got {p}"),
             ))
         }
     };
@@ -474,6 +490,7 @@ pub fn resolve(
             },
             autoregressive: ArKnobs {
                 top_k,
+                repetition_penalty,
                 stop_token_ids,
                 ignore_eos: s.ignore_eos.unwrap_or(false),
                 logprobs: None,
@@ -484,13 +501,21 @@ pub fn resolve(
     })
 }
 
-/// The deployment's steps-per-token ratio applied to this answer length, rounded to a
-/// whole number of steps per block (at least one, at most one token per step).
-fn default_steps(max_tokens: usize, block_length: usize, defaults: &DecodingDefaults) -> usize {
+/// The deployment's steps-per-token ratio applied to this answer length, else the
+/// checkpoint's `steps` (Dream's generation_config.json: the most steps of one answer),
+/// rounded to a whole number of steps per block (at least one, at most one token per
+/// step).
+fn default_steps(
+    max_tokens: usize,
+    block_length: usize,
+    defaults: &DecodingDefaults,
+    model_steps: Option<usize>,
+) -> usize {
     let blocks = (max_tokens / block_length.max(1)).max(1);
-    let wanted = match defaults.steps {
-        Some(steps) => (steps * max_tokens).div_ceil(defaults.gen_length.max(1)),
-        None => max_tokens,
+    let wanted = match (defaults.steps, model_steps) {
+        (Some(steps), _) => (steps * max_tokens).div_ceil(defaults.gen_length.max(1)),
+        (None, Some(steps)) => steps.min(max_tokens),
+        (None, None) => max_tokens,
     };
     let per_block = wanted.div_ceil(blocks).clamp(1, block_length.max(1));
     per_block * blocks
@@ -626,6 +651,10 @@ mod tests {
         };
         assert_eq!(bad(serde_json::json!({"top_k": -2})), "top_k");
         assert_eq!(
+            bad(serde_json::json!({"repetition_penalty": 0})),
+            "repetition_penalty"
+        );
+        assert_eq!(
             bad(serde_json::json!({"stop_token_ids": [-1]})),
             "stop_token_ids"
         );
@@ -643,21 +672,29 @@ mod tests {
             temperature: Some(0.6),
             top_p: Some(0.9),
             top_k: Some(20),
+            repetition_penalty: Some(1.05),
+            ..SamplingDefaults::default()
         };
         let d = DecodingDefaults::default();
         let silent = resolve(&sampling(serde_json::json!({})), &d, &model).unwrap();
         assert_eq!(silent.sampling.temperature, 0.6);
         assert_eq!(silent.sampling.top_p, 0.9);
         assert_eq!(silent.sampling.autoregressive.top_k, 20);
-        let asked = serde_json::json!({"temperature": 0, "top_p": 1, "top_k": -1});
+        assert_eq!(
+            silent.sampling.autoregressive.repetition_penalty,
+            Some(1.05)
+        );
+        let asked =
+            serde_json::json!({"temperature": 0, "top_p": 1, "top_k": -1, "repetition_penalty": 1});
         let own = resolve(&sampling(asked), &d, &model).unwrap();
         assert_eq!(
             (
                 own.sampling.temperature,
                 own.sampling.top_p,
-                own.sampling.autoregressive.top_k
+                own.sampling.autoregressive.top_k,
+                own.sampling.autoregressive.repetition_penalty,
             ),
-            (0.0, 1.0, 0),
+            (0.0, 1.0, 0, None),
             "the request's own values win"
         );
         let deployment = DecodingDefaults {
@@ -669,6 +706,51 @@ mod tests {
         assert_eq!(
             r.sampling.temperature, 0.2,
             "the deployment's temperature wins"
+        );
+    }
+
+    #[test]
+    fn dreams_steps_and_alg_are_defaults_below_the_deployment() {
+        // Dream-v0-Instruct-7B's generation_config.json: steps 512, alg origin.
+        let dream = SamplingDefaults {
+            temperature: Some(0.0),
+            steps: Some(512),
+            algorithm: Some("origin".into()),
+            ..SamplingDefaults::default()
+        };
+        let d = DecodingDefaults::default();
+        let knobs = |v, d: &DecodingDefaults, m: &SamplingDefaults| {
+            let r = resolve(&sampling(v), d, m).unwrap().sampling.diffusion;
+            (r.steps, r.remasking)
+        };
+        let long = serde_json::json!({"max_tokens": 1024, "block_length": 1024});
+        assert_eq!(
+            knobs(long.clone(), &d, &dream),
+            (512, Remasking::Random),
+            "at most 512 steps for any length; origin is random order"
+        );
+        assert_eq!(
+            knobs(serde_json::json!({"max_tokens": 64}), &d, &dream).0,
+            64,
+            "never more steps than tokens"
+        );
+        let entropy = SamplingDefaults {
+            algorithm: Some("entropy".into()),
+            ..dream.clone()
+        };
+        assert_eq!(knobs(long.clone(), &d, &entropy).1, Remasking::Entropy);
+        let own = serde_json::json!({"max_tokens": 1024, "block_length": 1024, "steps": 100, "remasking": "low_confidence"});
+        assert_eq!(knobs(own, &d, &dream), (100, Remasking::LowConfidence));
+        let deployment = DecodingDefaults {
+            steps: Some(d.gen_length / 2),
+            remasking: Remasking::Margin,
+            remasking_set: true,
+            ..d.clone()
+        };
+        assert_eq!(
+            knobs(long, &deployment, &dream),
+            (512, Remasking::Margin),
+            "the deployment's ratio (half) and rule win"
         );
     }
 

@@ -114,7 +114,7 @@ async fn start(mode: EngineMode, tweak: impl FnOnce(&mut RuntimeConfig)) -> Stac
         max_context: model.network.max_context(),
         architecture: model.architecture,
         device: candle_core::Device::Cpu,
-        sampling_defaults: model.sampling_defaults,
+        sampling_defaults: model.sampling_defaults.clone(),
     });
     // Stalled keeps the receiver alive and never runs it; Manual waits for the test's
     // `Stack::start_scheduler`.

@@ -1,12 +1,16 @@
 //! `dfastllm generate`: one answer from a prompt, with the serving decoding knobs.
 
-use anyhow::bail;
+use anyhow::{anyhow, bail};
 use clap::Args;
-use dfastllm_core::decoding::{ArKnobs, DecodeError, DiffusionParams, SamplingParams};
+use dfastllm_core::decoding::DecodeError;
 use dfastllm_core::device;
 use dfastllm_core::generation::{GenerationError, Generator, Prompt};
 use dfastllm_core::tokenizer::ChatMessage;
-use dfastllm_server::config::{merge, ConfigLayer, DecodingDefaults, DecodingLayer, FlagOrigins};
+use dfastllm_server::config::{
+    merge, ConfigLayer, DecodingDefaults, DecodingLayer, FlagOrigins, GenerationConfigMode,
+};
+use dfastllm_server::errors::ApiError;
+use dfastllm_server::openai::{self, Sampling};
 
 use super::{flag_of, ModelArgs};
 
@@ -30,12 +34,21 @@ pub struct GenerateArgs {
     /// Seed for sampling and random remasking.
     #[arg(long, env = "DFASTLLM_SEED")]
     seed: Option<u64>,
-    /// Nucleus sampling threshold, in (0, 1].
-    #[arg(long, env = "DFASTLLM_TOP_P", default_value_t = 1.0)]
-    top_p: f32,
-    /// Autoregressive models: sample among the k most likely tokens (0 is off).
-    #[arg(long, env = "DFASTLLM_TOP_K", default_value_t = 0)]
-    top_k: usize,
+    /// Nucleus sampling threshold, in (0, 1] [default: generation_config.json's, else 1].
+    #[arg(long, env = "DFASTLLM_TOP_P")]
+    top_p: Option<f64>,
+    /// Autoregressive models: sample among the k most likely tokens (0 is off)
+    /// [default: generation_config.json's, else 0].
+    #[arg(long, env = "DFASTLLM_TOP_K")]
+    top_k: Option<i64>,
+    /// Autoregressive models: HF's repetition penalty (1 is off) [default:
+    /// generation_config.json's, else 1].
+    #[arg(long, env = "DFASTLLM_REPETITION_PENALTY")]
+    repetition_penalty: Option<f64>,
+    /// auto: generation_config.json's sampling fields are the defaults, as for `serve`;
+    /// ignore (or vllm): they are not.
+    #[arg(long, env = "DFASTLLM_GENERATION_CONFIG", default_value = "auto")]
+    generation_config: GenerationConfigMode,
     /// Print one JSON object instead of the text.
     #[arg(long, env = "DFASTLLM_JSON")]
     json: bool,
@@ -55,25 +68,39 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
         (None, Some(ids)) => Prompt::TokenIds(ids),
         (None, None) => bail!("one of --prompt or --prompt-ids is required"),
     };
-    let defaults = DiffusionParams::with_defaults(d.gen_length);
-    let params = DiffusionParams {
-        steps: d.steps.unwrap_or(defaults.steps),
-        block_length: d.block_length.unwrap_or(defaults.block_length),
-        remasking: d.remasking,
-        temperature: d.temperature,
+    // The server's own resolution, so the same flags mean the same answer: the
+    // flags, then the deployment defaults, then generation_config.json.
+    let seed = args
+        .seed
+        .map(i64::try_from)
+        .transpose()
+        .map_err(|_| anyhow!("--seed: at most {}", i64::MAX))?;
+    // Lengths given as flags are this answer's own (a block length that does not
+    // divide the answer is an error, not a fallback as for a deployment default).
+    let own = |v: Option<usize>| v.map(|v| v as i64);
+    let sampling = Sampling {
+        max_tokens: own(args.decoding.gen_length),
+        steps: own(args.decoding.steps),
+        block_length: own(args.decoding.block_length),
         top_p: args.top_p,
-        seed: args.seed,
-        commit: d.commit,
-        mor: d.mor,
-        kv_cache: d.kv_cache,
-        ..defaults
+        top_k: args.top_k,
+        repetition_penalty: args.repetition_penalty,
+        seed,
+        ..Sampling::default()
     };
-    let params = SamplingParams {
-        autoregressive: ArKnobs {
-            top_k: args.top_k,
-            ..ArKnobs::default()
-        },
-        ..SamplingParams::from_diffusion(params)
+    let checkpoint = match args.generation_config {
+        GenerationConfigMode::Auto => generator.model.sampling_defaults.clone(),
+        GenerationConfigMode::Ignore => Default::default(),
+    };
+    let params = match openai::resolve(&sampling, &d, &checkpoint) {
+        Ok(r) => r.sampling,
+        Err(ApiError::InvalidRequest { param, message }) => {
+            bail!(
+                "{}: {message}",
+                flag_of(param.as_deref().unwrap_or("prompt"))
+            )
+        }
+        Err(e) => return Err(e.into()),
     };
     let output = match generator.generate(&prompt, &params) {
         Err(GenerationError::Decode(DecodeError::InvalidParam { param, message })) => {

@@ -8,10 +8,11 @@
 //! then one token for each of the others (decode).
 
 use candle_core::DType;
-use rand::{Rng, SeedableRng};
+use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
 
+use super::next_token;
 use super::{Answer, DecodeError, FinishReason};
 use crate::models::causal::{CausalCache, CausalModel};
 use crate::models::SpecialTokens;
@@ -28,6 +29,9 @@ pub struct ArParams {
     pub top_p: f32,
     /// Sample among the `top_k` most likely tokens only; 0 is off.
     pub top_k: usize,
+    /// HF's and vLLM's repetition penalty over the prompt and the answer so far
+    /// (above 1 discourages repeats); `None` is off.
+    pub repetition_penalty: Option<f32>,
     pub seed: Option<u64>,
     /// Ids that end the answer besides the model's EOS ids (not part of the answer).
     pub stop_token_ids: Vec<u32>,
@@ -44,6 +48,7 @@ impl ArParams {
             temperature: 0.0,
             top_p: 1.0,
             top_k: 0,
+            repetition_penalty: None,
             seed: None,
             stop_token_ids: Vec::new(),
             ignore_eos: false,
@@ -91,6 +96,15 @@ impl ArParams {
                 format!("top_p must be in (0, 1], got {}", self.top_p),
             );
         }
+        if let Some(p) = self
+            .repetition_penalty
+            .filter(|p| !(p.is_finite() && *p > 0.0))
+        {
+            return invalid(
+                "repetition_penalty",
+                format!("repetition_penalty must be greater than 0, got {p}"),
+            );
+        }
         if let Some(k) = self.logprobs.filter(|&k| k > MAX_TOP_LOGPROBS) {
             return invalid(
                 "top_logprobs",
@@ -115,6 +129,9 @@ pub struct TokenLogprob {
 pub struct ArSequence {
     prompt: Vec<u32>,
     generated: Vec<u32>,
+    /// The distinct ids of the prompt and the answer, sorted: what the repetition
+    /// penalty applies to (kept only when it is on).
+    seen: Vec<u32>,
     logprobs: Vec<TokenLogprob>,
     params: ArParams,
     eos_ids: Vec<u32>,
@@ -137,9 +154,16 @@ impl ArSequence {
     ) -> Result<Self, DecodeError> {
         params.validate(prompt.len(), max_context)?;
         let seed = params.seed.unwrap_or_else(rand::random);
+        let mut seen = Vec::new();
+        if params.repetition_penalty.is_some() {
+            seen = prompt.to_vec();
+            seen.sort_unstable();
+            seen.dedup();
+        }
         Ok(Self {
             prompt: prompt.to_vec(),
             generated: Vec::with_capacity(params.max_tokens),
+            seen,
             logprobs: Vec::new(),
             eos_ids: special.eos_ids.clone(),
             max_context,
@@ -202,7 +226,7 @@ impl ArSequence {
     pub fn accept(&mut self, logits: &[f32]) {
         self.prefilled = true;
         self.forward_passes += 1;
-        let token = sample(logits, &self.params, &mut self.rng);
+        let token = next_token::sample(logits, &self.params, &self.seen, &mut self.rng);
         let is_eos = !self.params.ignore_eos && self.eos_ids.contains(&token);
         if is_eos || self.params.stop_token_ids.contains(&token) {
             self.stopped_by = Some(token);
@@ -213,60 +237,16 @@ impl ArSequence {
             self.logprobs.push(logprob_of(logits, token, k));
         }
         self.generated.push(token);
+        if self.params.repetition_penalty.is_some() {
+            if let Err(at) = self.seen.binary_search(&token) {
+                self.seen.insert(at, token);
+            }
+        }
         let total = self.prompt.len() + self.generated.len();
         if self.generated.len() >= self.params.max_tokens || total >= self.max_context {
             self.finish = Some(FinishReason::Length);
         }
     }
-}
-
-/// Picks the next token from one row of logits.
-pub fn sample(logits: &[f32], params: &ArParams, rng: &mut ChaCha8Rng) -> u32 {
-    if params.temperature == 0.0 {
-        return argmax(logits);
-    }
-    let inv_t = 1.0 / params.temperature;
-    let mut order: Vec<u32> = (0..logits.len() as u32).collect();
-    order.sort_unstable_by(|&a, &b| logits[b as usize].total_cmp(&logits[a as usize]));
-    if params.top_k > 0 {
-        order.truncate(params.top_k);
-    }
-    let best = logits[order[0] as usize];
-    let mut weights: Vec<f64> = order
-        .iter()
-        .map(|&t| f64::from((logits[t as usize] - best) * inv_t).exp())
-        .collect();
-    let total: f64 = weights.iter().sum();
-    if params.top_p < 1.0 {
-        let mut mass = 0.0;
-        let keep = weights
-            .iter()
-            .position(|w| {
-                mass += w / total;
-                mass >= f64::from(params.top_p)
-            })
-            .map_or(weights.len(), |i| i + 1);
-        weights.truncate(keep);
-    }
-    let total: f64 = weights.iter().sum();
-    let mut draw = rng.random::<f64>() * total;
-    for (i, w) in weights.iter().enumerate() {
-        draw -= w;
-        if draw <= 0.0 {
-            return order[i];
-        }
-    }
-    order[weights.len() - 1]
-}
-
-fn argmax(logits: &[f32]) -> u32 {
-    let mut best = 0;
-    for (i, v) in logits.iter().enumerate() {
-        if *v > logits[best] {
-            best = i;
-        }
-    }
-    best as u32
 }
 
 fn logprob_of(logits: &[f32], token: u32, top: usize) -> TokenLogprob {
@@ -357,61 +337,6 @@ pub fn generate(model: &CausalModel, seq: &mut ArSequence) -> Result<Answer, Dec
 mod tests {
     use super::*;
 
-    fn params(temperature: f32, top_k: usize, top_p: f32) -> ArParams {
-        ArParams {
-            temperature,
-            top_k,
-            top_p,
-            ..ArParams::greedy(4)
-        }
-    }
-
-    #[test]
-    fn greedy_is_argmax_and_top_k_one_is_greedy_at_any_temperature() {
-        let logits = [0.1, 2.0, -1.0, 1.9];
-        let mut rng = ChaCha8Rng::seed_from_u64(0);
-        assert_eq!(sample(&logits, &params(0.0, 0, 1.0), &mut rng), 1);
-        for _ in 0..50 {
-            assert_eq!(sample(&logits, &params(1.5, 1, 1.0), &mut rng), 1);
-        }
-    }
-
-    #[test]
-    fn top_k_and_top_p_restrict_the_support() {
-        let logits = [3.0, 2.9, 2.8, -5.0, -6.0];
-        let mut rng = ChaCha8Rng::seed_from_u64(1);
-        let mut seen = std::collections::BTreeSet::new();
-        for _ in 0..400 {
-            seen.insert(sample(&logits, &params(1.0, 2, 1.0), &mut rng));
-        }
-        assert_eq!(seen.into_iter().collect::<Vec<_>>(), vec![0, 1]);
-        // The first three hold almost all the mass: top_p 0.5 keeps the first two.
-        let mut seen = std::collections::BTreeSet::new();
-        for _ in 0..400 {
-            seen.insert(sample(&logits, &params(1.0, 0, 0.5), &mut rng));
-        }
-        assert_eq!(seen.into_iter().collect::<Vec<_>>(), vec![0, 1]);
-        // Without restriction every plausible token turns up.
-        let mut seen = std::collections::BTreeSet::new();
-        for _ in 0..400 {
-            seen.insert(sample(&logits, &params(1.0, 0, 1.0), &mut rng));
-        }
-        assert!(seen.len() >= 3, "{seen:?}");
-    }
-
-    #[test]
-    fn seeded_sampling_repeats() {
-        let logits: Vec<f32> = (0..50).map(|i| (i as f32 * 0.37).sin()).collect();
-        let draw = |seed| {
-            let mut rng = ChaCha8Rng::seed_from_u64(seed);
-            (0..20)
-                .map(|_| sample(&logits, &params(1.0, 0, 1.0), &mut rng))
-                .collect::<Vec<_>>()
-        };
-        assert_eq!(draw(5), draw(5));
-        assert_ne!(draw(5), draw(6));
-    }
-
     #[test]
     fn logprobs_are_normalised_and_sorted() {
         let logits = [1.0f32, 3.0, 2.0];
@@ -464,6 +389,29 @@ mod tests {
         let a = seq.answer();
         assert_eq!(a.token_ids, vec![9, 9]);
         assert_eq!(a.finish_reason, FinishReason::Length);
+    }
+
+    #[test]
+    fn the_repetition_penalty_covers_the_prompt_and_each_new_token() {
+        let logits = [0.0f32, 2.0, 1.5, 1.2, 0.1];
+        let p_of = |penalty| ArParams {
+            repetition_penalty: Some(penalty),
+            ..ArParams::greedy(3)
+        };
+        let mut seq = ArSequence::new(&[3], p_of(2.0), &special(), 64).unwrap();
+        for _ in 0..3 {
+            seq.accept(&logits);
+        }
+        // 1 (best), then 2 (1 was just said: 1.0 < 1.5), then 1 again: every seen id is
+        // halved once (1.0 over 2's 0.75 and the prompt's 3 at 0.6), never twice.
+        assert_eq!(seq.generated(), &[1, 2, 1]);
+        let mut from_prompt = ArSequence::new(&[1], p_of(2.0), &special(), 64).unwrap();
+        from_prompt.accept(&logits);
+        assert_eq!(from_prompt.generated(), &[2], "the prompt's ids count");
+        let mut plain = ArSequence::new(&[3], ArParams::greedy(2), &special(), 64).unwrap();
+        plain.accept(&logits);
+        plain.accept(&logits);
+        assert_eq!(plain.generated(), &[1, 1], "off: greedy repeats");
     }
 
     #[test]

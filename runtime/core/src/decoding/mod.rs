@@ -9,6 +9,7 @@
 pub mod autoregressive;
 pub mod confidence;
 pub mod diffusion;
+pub mod next_token;
 pub mod sequence;
 pub mod strategy;
 pub mod verifier;
@@ -27,10 +28,14 @@ pub use strategy::{CommitRule, KvCacheMode, Mor};
 #[serde(rename_all = "snake_case")]
 #[value(rename_all = "snake_case")]
 pub enum Remasking {
-    /// Probability of the proposed token (LLaDA's reference).
+    /// Probability of the proposed token (LLaDA's reference; Dream's `maskgit_plus`).
     #[default]
+    #[serde(alias = "maskgit_plus")]
+    #[value(alias = "maskgit_plus")]
     LowConfidence,
-    /// Uniform random scores (LLaDA's `random`).
+    /// Uniform random scores (LLaDA's `random`; Dream's `origin` unmasks at random too).
+    #[serde(alias = "origin")]
+    #[value(alias = "origin")]
     Random,
     /// Negative entropy of the position's distribution (Dream's `entropy`).
     Entropy,

@@ -47,6 +47,8 @@ pub struct DiffusionKnobs {
 pub struct ArKnobs {
     /// 0 is off.
     pub top_k: usize,
+    /// `None` is off.
+    pub repetition_penalty: Option<f32>,
     pub stop_token_ids: Vec<u32>,
     pub ignore_eos: bool,
     /// Alternatives per token when log-probabilities are wanted.
@@ -113,6 +115,7 @@ impl SamplingParams {
             temperature: self.temperature,
             top_p: self.top_p,
             top_k: a.top_k,
+            repetition_penalty: a.repetition_penalty,
             seed: self.seed,
             stop_token_ids: a.stop_token_ids.clone(),
             ignore_eos: a.ignore_eos,
@@ -136,6 +139,9 @@ impl SamplingParams {
                 }
                 if a.top_k > 0 {
                     return refuse("top_k", "diffusion");
+                }
+                if a.repetition_penalty.is_some() {
+                    return refuse("repetition_penalty", "diffusion");
                 }
                 if !a.stop_token_ids.is_empty() {
                     return refuse("stop_token_ids", "diffusion");
@@ -376,6 +382,29 @@ mod tests {
             "top_k"
         );
         assert!(Sequence::new(ModelKind::Autoregressive, &[1], &top_k, &special(), 64).is_ok());
+        let mut penalty = p.clone();
+        penalty.autoregressive.repetition_penalty = Some(1.1);
+        assert_eq!(
+            param_of(Sequence::new(
+                ModelKind::Diffusion,
+                &[1],
+                &penalty,
+                &special(),
+                64
+            )),
+            "repetition_penalty"
+        );
+        penalty.autoregressive.repetition_penalty = Some(0.0);
+        assert_eq!(
+            param_of(Sequence::new(
+                ModelKind::Autoregressive,
+                &[1],
+                &penalty,
+                &special(),
+                64
+            )),
+            "repetition_penalty"
+        );
 
         let mut steps = p.clone();
         steps.diffusion.set_by_caller = vec!["steps"];

@@ -179,6 +179,29 @@ pub fn write_like(
             })?;
         }
     }
+    copy_extra_templates(source, out)?;
     write_weights(&spec, Some(tied), out)?;
     Ok(spec)
+}
+
+/// transformers' named templates (`additional_chat_templates/*.jinja`) come along too.
+fn copy_extra_templates(source: &Path, out: &Path) -> Result<(), DemoError> {
+    let from = source.join("additional_chat_templates");
+    let Ok(entries) = std::fs::read_dir(&from) else {
+        return Ok(());
+    };
+    let to = out.join("additional_chat_templates");
+    let write = |path: &Path, e: std::io::Error| DemoError::Write {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    };
+    std::fs::create_dir_all(&to).map_err(|e| write(&to, e))?;
+    for path in entries.filter_map(Result::ok).map(|e| e.path()) {
+        if path.extension().is_some_and(|x| x == "jinja") {
+            if let Some(name) = path.file_name() {
+                std::fs::copy(&path, to.join(name)).map_err(|e| write(&to.join(name), e))?;
+            }
+        }
+    }
+    Ok(())
 }

@@ -5,6 +5,9 @@
 
 mod build;
 pub mod chat;
+mod templates;
+
+pub use templates::ChatTemplates;
 
 use std::path::{Path, PathBuf};
 
@@ -43,7 +46,7 @@ impl ChatMessage {
 
 pub struct TextTokenizer {
     inner: tokenizers::Tokenizer,
-    chat_template: Option<String>,
+    chat_templates: Option<ChatTemplates>,
     bos_token: Option<String>,
     eos_token: Option<String>,
     /// tokenizer_config.json's `add_bos_token` / `add_eos_token`, where it says.
@@ -55,7 +58,7 @@ impl std::fmt::Debug for TextTokenizer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("TextTokenizer")
             .field("vocab_size", &self.inner.get_vocab_size(true))
-            .field("has_chat_template", &self.chat_template.is_some())
+            .field("has_chat_template", &self.chat_templates.is_some())
             .finish()
     }
 }
@@ -141,32 +144,9 @@ impl TextTokenizer {
     pub fn load(dir: &Path) -> Result<Self, TokenizerError> {
         let config = read_json(&dir.join("tokenizer_config.json"))?;
         let inner = load_inner(dir, &config)?;
-        // transformers reads a separate chat_template.jinja over the config's template.
-        let jinja_path = dir.join("chat_template.jinja");
-        let file_template = if jinja_path.exists() {
-            Some(
-                std::fs::read_to_string(&jinja_path).map_err(|e| TokenizerError::File {
-                    path: jinja_path.clone(),
-                    message: e.to_string(),
-                })?,
-            )
-        } else {
-            None
-        };
-        let config_template = match config.get("chat_template") {
-            Some(Value::String(t)) => Some(t.clone()),
-            // Newer checkpoints list named templates; "default" is the chat one.
-            Some(Value::Array(named)) => named
-                .iter()
-                .find(|t| t.get("name").and_then(Value::as_str) == Some("default"))
-                .and_then(|t| t.get("template"))
-                .and_then(Value::as_str)
-                .map(str::to_string),
-            _ => None,
-        };
         Ok(Self {
             inner,
-            chat_template: file_template.or(config_template),
+            chat_templates: ChatTemplates::load(dir, &config)?,
             bos_token: token_text(config.get("bos_token")),
             eos_token: token_text(config.get("eos_token")),
             add_bos: config.get("add_bos_token").and_then(Value::as_bool),
@@ -256,7 +236,11 @@ impl TextTokenizer {
     }
 
     pub fn has_chat_template(&self) -> bool {
-        self.chat_template.is_some()
+        self.chat_templates.is_some()
+    }
+
+    pub fn chat_templates(&self) -> Option<&ChatTemplates> {
+        self.chat_templates.as_ref()
     }
 
     /// Renders `messages` with the model's chat template, ending with the assistant
@@ -279,9 +263,10 @@ impl TextTokenizer {
         documents: Option<&Value>,
     ) -> Result<String, TokenizerError> {
         let template = self
-            .chat_template
-            .as_deref()
-            .ok_or(TokenizerError::NoChatTemplate)?;
+            .chat_templates
+            .as_ref()
+            .ok_or(TokenizerError::NoChatTemplate)?
+            .select(tools.is_some())?;
         let ctx = chat::ChatContext {
             add_generation_prompt,
             bos_token: self.bos_token.as_deref().unwrap_or_default(),

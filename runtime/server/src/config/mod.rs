@@ -152,8 +152,9 @@ pub struct ModelLayer {
         skip_serializing_if = "Option::is_none"
     )]
     pub architecture: Option<ArchitectureChoice>,
-    /// auto: generation_config.json's temperature, top_p and top_k become request
-    /// defaults (below the deployment's own); ignore (or vllm): they do not.
+    /// auto: generation_config.json's temperature, top_p, top_k, repetition_penalty
+    /// (and Dream's steps and alg) become request defaults (below the deployment's
+    /// own); ignore (or vllm): they do not.
     #[arg(
         id = "model.generation_config",
         long = "generation-config",

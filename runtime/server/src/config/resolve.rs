@@ -17,6 +17,9 @@ pub struct DecodingDefaults {
     pub steps: Option<usize>,
     pub block_length: Option<usize>,
     pub remasking: Remasking,
+    /// Whether the deployment set the remasking rule itself (over generation_config's
+    /// `alg`).
+    pub remasking_set: bool,
     pub temperature: f32,
     /// Whether the deployment (flag, env, runtime.toml) set the temperature itself: the
     /// checkpoint's generation_config.json then does not replace it.
@@ -115,6 +118,10 @@ impl DecodingDefaults {
             steps: d.steps,
             block_length: d.block_length,
             remasking: d.remasking.unwrap_or_default(),
+            remasking_set: !matches!(
+                l.origins.get("decoding.remasking"),
+                None | Some(Origin::Default)
+            ),
             temperature: d.temperature.unwrap_or_default() as f32,
             temperature_set: !matches!(
                 l.origins.get("decoding.temperature"),

@@ -366,7 +366,7 @@ pub(crate) mod testing {
             max_context: model.network.max_context(),
             architecture: model.architecture,
             device,
-            sampling_defaults: model.sampling_defaults,
+            sampling_defaults: model.sampling_defaults.clone(),
         };
         (dir, info)
     }
