@@ -214,3 +214,36 @@ fn named_templates_travel_and_tools_pick_tool_use() {
     );
     assert_eq!(tok.apply_chat_template(&msgs, false).unwrap(), "hi");
 }
+
+/// LLaDA's real config says `rope_full_precision: true`: under bf16 weights the rotary
+/// embedding runs in f32 (upstream upcasts q and k), which changes the logits.
+#[test]
+fn llada_rotates_in_f32_under_bf16_weights_as_its_config_asks() {
+    let (_source, out) = like("llada-8b-instruct", Some(DemoDType::Bf16));
+    let logits = |dir: &Path| {
+        let m = models::load(dir, &Device::Cpu, DTypeChoice::Bf16).unwrap();
+        let ids: Vec<u32> = (0..48).map(|i| 1000 + 37 * i).collect();
+        let batch = models::Batch::left_padded(&[&ids], 0, &Device::Cpu, DType::BF16).unwrap();
+        m.network
+            .diffusion()
+            .unwrap()
+            .forward(&batch, None)
+            .unwrap()
+            .to_dtype(DType::F32)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap()
+    };
+    let full = logits(out.path());
+    let mut config = read_config(out.path());
+    assert_eq!(config["rope_full_precision"], true);
+    config["rope_full_precision"] = serde_json::json!(false);
+    std::fs::write(
+        out.path().join("config.json"),
+        serde_json::to_string(&config).unwrap(),
+    )
+    .unwrap();
+    assert_ne!(full, logits(out.path()), "the rotation's precision shows");
+}

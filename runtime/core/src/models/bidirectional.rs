@@ -15,7 +15,9 @@ use candle_nn::{Embedding, Linear, RmsNorm};
 
 use super::Batch;
 
-/// Precomputed rotate-half RoPE tables (`[max_positions, head_dim / 2]`).
+/// Precomputed rotate-half RoPE tables (`[max_positions, head_dim / 2]`). The tables'
+/// dtype is the precision the rotation runs in ([`rope`]): an f32 table under bf16
+/// weights is LLaDA's `rope_full_precision`.
 #[derive(Debug, Clone)]
 pub struct RotaryTable {
     cos: Tensor,
@@ -71,6 +73,16 @@ impl RotaryTable {
         let sin = self.sin.index_select(&flat, 0)?.reshape((b, t, half))?;
         Ok((cos, sin))
     }
+}
+
+/// Rotates `x` (`[B, heads, T, head_dim]`) in the precision of the tables: LLaDA
+/// upcasts q and k to f32 for RoPE and casts back (`rope_full_precision`), where HF's
+/// Qwen2 (Dream) rotates in the model's dtype with tables cast down to it.
+pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+    if cos.dtype() == x.dtype() {
+        return candle_nn::rotary_emb::rope(x, cos, sin);
+    }
+    candle_nn::rotary_emb::rope(&x.to_dtype(cos.dtype())?, cos, sin)?.to_dtype(x.dtype())
 }
 
 /// Multi-head attention with grouped key/value heads, no causal mask.
@@ -171,8 +183,8 @@ impl Attention {
                 .transpose(1, 2)?
                 .contiguous()
         };
-        let q = candle_nn::rotary_emb::rope(&heads(&self.q, self.n_heads)?, cos, sin)?;
-        let k_own = candle_nn::rotary_emb::rope(&heads(&self.k, self.n_kv_heads)?, cos, sin)?;
+        let q = rope(&heads(&self.q, self.n_heads)?, cos, sin)?;
+        let k_own = rope(&heads(&self.k, self.n_kv_heads)?, cos, sin)?;
         let v_own = heads(&self.v, self.n_kv_heads)?;
         let (k, v) = match cached {
             Some((ck, cv, cols)) => (splice(ck, &k_own, cols)?, splice(cv, &v_own, cols)?),
@@ -441,6 +453,41 @@ mod tests {
         assert_eq!(sin[0][0], vec![0.0, 0.0]);
         assert!((cos[0][1][0] - 3f32.cos()).abs() < 1e-6);
         assert!((sin[0][1][1] - (3.0f32 * 0.01).sin()).abs() < 1e-6);
+    }
+
+    #[test]
+    fn an_f32_table_rotates_bf16_heads_in_f32() {
+        let dev = Device::Cpu;
+        let x = Tensor::arange(0f32, 64.0, &dev)
+            .unwrap()
+            .affine(0.37, -3.0)
+            .unwrap()
+            .reshape((1, 1, 4, 16))
+            .unwrap()
+            .to_dtype(DType::BF16)
+            .unwrap();
+        let pos = Tensor::new(&[[0u32, 5, 900, 1999]], &dev).unwrap();
+        let full = RotaryTable::new(16, 2048, 500_000.0, DType::F32, &dev).unwrap();
+        let (cos, sin) = full.for_positions(&pos).unwrap();
+        let got = rope(&x, &cos, &sin).unwrap();
+        assert_eq!(got.dtype(), DType::BF16);
+        let want = candle_nn::rotary_emb::rope(&x.to_dtype(DType::F32).unwrap(), &cos, &sin)
+            .unwrap()
+            .to_dtype(DType::BF16)
+            .unwrap();
+        let flat = |t: &Tensor| {
+            t.to_dtype(DType::F32)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap()
+        };
+        assert_eq!(flat(&got), flat(&want));
+        // A bf16 table (rope_full_precision false) rounds differently at far positions.
+        let half = RotaryTable::new(16, 2048, 500_000.0, DType::BF16, &dev).unwrap();
+        let (c, s) = half.for_positions(&pos).unwrap();
+        assert_ne!(flat(&rope(&x, &c, &s).unwrap()), flat(&want));
     }
 
     #[test]

@@ -24,6 +24,8 @@ pub struct Config {
     /// Rows of the embedding and LM head (`embedding_size`, falling back to `vocab_size`).
     pub embedding_size: usize,
     pub rope_theta: f64,
+    /// Rotary embedding in f32 under bf16/f16 weights (upstream's default: true).
+    pub rope_full_precision: bool,
     pub rms_norm_eps: f64,
     pub max_sequence_length: usize,
     pub weight_tying: bool,
@@ -155,6 +157,10 @@ impl Config {
             mlp_hidden_size,
             embedding_size,
             rope_theta: f64_field(v, "rope_theta", 10_000.0),
+            rope_full_precision: v
+                .get("rope_full_precision")
+                .and_then(Value::as_bool)
+                .unwrap_or(true),
             rms_norm_eps: f64_field(v, "rms_norm_eps", 1e-5),
             max_sequence_length: usize_field(v, "max_sequence_length", path).unwrap_or(1024),
             // Upstream ties the LM head unless a config says otherwise (every release does).
@@ -212,7 +218,11 @@ impl Llada {
             head_dim,
             cfg.max_sequence_length,
             cfg.rope_theta,
-            vb.dtype(),
+            if cfg.rope_full_precision {
+                DType::F32
+            } else {
+                vb.dtype()
+            },
             vb.device(),
         )?;
         Ok(Self {
@@ -285,6 +295,21 @@ mod tests {
     #[test]
     fn the_real_llada_8b_config_reads_as_upstream_reads_it() {
         let c = Config::from_value(&real(), Path::new("config.json")).unwrap();
+        assert!(c.rope_full_precision);
+        let mut v = real();
+        v["rope_full_precision"] = serde_json::json!(false);
+        assert!(
+            !Config::from_value(&v, Path::new("c"))
+                .unwrap()
+                .rope_full_precision
+        );
+        v.as_object_mut().unwrap().remove("rope_full_precision");
+        assert!(
+            Config::from_value(&v, Path::new("c"))
+                .unwrap()
+                .rope_full_precision,
+            "upstream's default"
+        );
         assert_eq!(
             (c.d_model, c.n_layers, c.n_heads, c.n_kv_heads),
             (4096, 32, 32, 32)
