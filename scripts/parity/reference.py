@@ -719,6 +719,56 @@ def cmd_sampler_fixture(args):
     log(f"wrote {args.out}: {len(cases)} cases")
 
 
+def cmd_real_ar_fixture(args):
+    """Greedy parity on real checkpoint metadata: a `demo-model --like` checkpoint of a
+    real config (random weights, shrunk; not committed, the test rebuilds it and checks
+    the weights' CRC-32 first) loaded by AutoModelForCausalLM. Prompts go through the
+    published tokenizer.json with its specials (BOS), or are given as ids when the
+    checkpoint's tokenizer is not among the fixtures. Each greedy step records the top
+    logits of the last position, so the test can stop comparing at a near tie."""
+    import zlib
+
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(args.model, attn_implementation="eager").float().eval()
+    log(f"{args.model}: {type(model).__name__}")
+    tok_path = os.path.join(args.model, "tokenizer.json")
+    rows = []
+    if os.path.exists(tok_path):
+        from tokenizers import Tokenizer
+
+        tok = Tokenizer.from_file(tok_path)
+        rows = [{"text": p, "input_ids": tok.encode(p).ids} for p in args.prompts]
+    for ids in args.prompt_ids:
+        rows.append({"input_ids": [int(i) for i in ids.split(",")]})
+    weights = open(os.path.join(args.model, "model.safetensors"), "rb").read()
+    out = {
+        "generator": f"{GENERATOR} real-ar-fixture",
+        "class": type(model).__name__,
+        "torch_version": torch.__version__,
+        "transformers_version": transformers.__version__,
+        "like": json.loads(args.like),
+        "weights_crc32": zlib.crc32(weights),
+        "rows": [],
+    }
+    with torch.inference_mode():
+        for row in rows:
+            ids = list(row["input_ids"])
+            steps = []
+            for _ in range(args.continue_tokens):
+                last = model(input_ids=torch.tensor([ids])).logits[0, -1].float()
+                top = torch.topk(last, args.top)
+                steps.append({"ids": top.indices.tolist(), "logits": round_floats(top.values.tolist())})
+                ids.append(int(top.indices[0]))
+            row["greedy"] = ids[len(row["input_ids"]):]
+            row["steps"] = steps
+            out["rows"].append(row)
+    with open(args.out, "w", encoding="utf-8") as f:
+        json.dump(out, f, ensure_ascii=False)
+        f.write("\n")
+    log(f"wrote {args.out}")
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -766,6 +816,16 @@ def main(argv=None):
     sf.add_argument("--out", required=True, help="output JSON file")
     sf.add_argument("--seed", type=int, default=2024)
     sf.set_defaults(func=cmd_sampler_fixture)
+
+    ra = sub.add_parser("real-ar-fixture", help="greedy parity on a --like checkpoint of real metadata")
+    ra.add_argument("--model", required=True, help="the demo-model --like output directory")
+    ra.add_argument("--out", required=True, help="output JSON file")
+    ra.add_argument("--like", required=True, help="the write_like arguments, as JSON (recorded for the test)")
+    ra.add_argument("--continue-tokens", type=int, default=16)
+    ra.add_argument("--top", type=int, default=5)
+    ra.add_argument("--prompts", nargs="*", default=["Hello, world!", "def fib(n):", "Köln 🎉 is"])
+    ra.add_argument("--prompt-ids", nargs="*", default=[], help="comma-separated ids (no tokenizer)")
+    ra.set_defaults(func=cmd_real_ar_fixture)
 
     args = parser.parse_args(argv)
     args.func(args)

@@ -10,7 +10,7 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 
 archs=("$@")
-[[ ${#archs[@]} -gt 0 ]] || archs=(llada dream llama qwen2 phi gpt2 llama3 llama-head-dim llama-ar samplers)
+[[ ${#archs[@]} -gt 0 ]] || archs=(llada dream llama qwen2 phi gpt2 llama3 llama-head-dim llama-ar samplers real-tinyllama real-llama-3.2 real-phi-2)
 
 # demo-model only writes files: the dev build (the one the tests use) is enough.
 cargo build -p dfastllm-runtime --bin dfastllm >&2
@@ -56,6 +56,34 @@ PY
             --layers 2 --hidden 64 --heads 4 --vocab 320 --max-context 256
         "$PY" scripts/parity/reference.py transformers-init --model "$dir" --set head_dim=32 --seed 2024
         "$PY" scripts/parity/reference.py ar-fixture --model "$dir" --out "$dir/expected.json"
+        ;;
+    real-tinyllama | real-llama-3.2 | real-phi-2)
+        # Real checkpoint metadata (runtime/tests/fixtures/real/<family>) shrunk by
+        # `demo-model --like`; the weights are rebuilt by the test, not committed.
+        family=${arch#real-}
+        case $family in
+        tinyllama) family=tinyllama-1.1b-chat-v1.0 ;;
+        llama-3.2) family=llama-3.2-1b ;;
+        esac
+        work=$(mktemp -d)
+        mkdir -p "$work/source" "$dir"
+        for f in runtime/tests/fixtures/real/$family/*; do
+            name=$(basename "$f")
+            case $name in
+            *.gz) gunzip -c "$f" >"$work/source/${name%.gz}" ;;
+            reference.json | LICENSE*) ;;
+            *) cp "$f" "$work/source/" ;;
+            esac
+        done
+        like='{"layers": 2, "hidden": 64, "heads": 4, "kv_heads": 2, "intermediate": 128, "seed": 2024, "dtype": "f32"}'
+        target/debug/dfastllm demo-model --like "$work/source" --out "$work/model" --layers 2 --hidden 64 \
+            --heads 4 --kv-heads 2 --intermediate 128 --seed 2024 --dtype f32
+        extra=()
+        # Llama-3.2's tokenizer is not among the fixtures: prompts as ids (BOS 128000 first).
+        [[ $family == llama-3.2-1b ]] && extra=(--prompts --prompt-ids 128000,9906,11,1917,0 128000,755,16178,1471,997)
+        "$PY" scripts/parity/reference.py real-ar-fixture --model "$work/model" --like "$like" \
+            --out "$dir/expected.json" "${extra[@]}"
+        rm -rf "$work"
         ;;
     samplers)
         # The autoregressive sampler against transformers' logits processors.

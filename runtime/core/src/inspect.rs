@@ -20,8 +20,10 @@ pub struct Inspection {
     pub architecture: Option<String>,
     /// `diffusion` or `autoregressive`.
     pub kind: Option<String>,
-    /// Elements of every stored tensor.
+    /// Elements of every stored tensor; without weights, what config.json implies.
     pub parameters: u64,
+    /// `weights` (the safetensors headers) or `config.json` (no weights yet).
+    pub parameters_from: String,
     /// Bytes of weights per stored format (`BF16`, `F32`, ...).
     pub weight_bytes: BTreeMap<String, u64>,
     pub weight_files: usize,
@@ -109,6 +111,12 @@ pub fn inspect(dir: &Path) -> Inspection {
             Err(e) => refused.push(e.to_string()),
         }
     }
+    let mut parameters_from = "weights".to_string();
+    if files.is_empty() {
+        if let Ok(n) = models::config_parameters(dir) {
+            (parameters, parameters_from) = (n, "config.json".to_string());
+        }
+    }
     let stored_dtype = stored(&files).unwrap_or(None);
     let decide = |on_cpu| {
         let d = DTypeChoice::Auto.resolve(declared(&config), stored_dtype, on_cpu);
@@ -171,6 +179,7 @@ pub fn inspect(dir: &Path) -> Inspection {
             .to_string()
         }),
         parameters,
+        parameters_from,
         weight_bytes,
         weight_files: files.len(),
         dtype_gpu: decide(false),
@@ -210,14 +219,13 @@ impl Inspection {
                 or(&self.kind, "?")
             ),
             format!(
-                "parameters: {} ({:.3} B) in {} file(s): {}",
+                "parameters: {} ({:.3} B) {}",
                 self.parameters,
                 self.parameters as f64 / 1e9,
-                self.weight_files,
                 if bytes.is_empty() {
-                    "no weights".to_string()
+                    format!("from {} (no weights yet)", self.parameters_from)
                 } else {
-                    bytes.join(", ")
+                    format!("in {} file(s): {}", self.weight_files, bytes.join(", "))
                 }
             ),
             format!("dtype on a GPU: {}", self.dtype_gpu),
@@ -244,7 +252,7 @@ impl Inspection {
                 .map(|(k, v)| format!("{k}={v}"))
                 .collect();
             out.push(format!(
-                "generation_config.json sampling: {} (not applied: requests and the deployment set their own)",
+                "generation_config.json sampling: {} (request defaults below the deployment's; --generation-config ignore drops them)",
                 fields.join(" ")
             ));
         }

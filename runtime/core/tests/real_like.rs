@@ -247,3 +247,34 @@ fn llada_rotates_in_f32_under_bf16_weights_as_its_config_asks() {
     .unwrap();
     assert_ne!(full, logits(out.path()), "the rotation's precision shows");
 }
+
+/// Without weights, `inspect` counts the parameters config.json implies: the same
+/// number the `--like` checkpoint's headers hold, and Llama-3.2-1B's published 1.24 B.
+#[test]
+fn config_json_alone_gives_the_parameter_count_of_the_weights() {
+    for family in [
+        "llada-8b-instruct",
+        "dream-v0-instruct-7b",
+        "phi-2",
+        "tinyllama-1.1b-chat-v1.0",
+        "llama-3.2-1b",
+    ] {
+        let (_source, out) = like(family, None);
+        let from_weights = dfastllm_core::inspect::inspect(out.path());
+        assert_eq!(from_weights.parameters_from, "weights");
+        std::fs::remove_file(out.path().join("model.safetensors")).unwrap();
+        let from_config = dfastllm_core::inspect::inspect(out.path());
+        assert_eq!(from_config.parameters_from, "config.json", "{family}");
+        assert_eq!(
+            from_config.parameters, from_weights.parameters,
+            "{family}: config.json implies what the weights hold"
+        );
+    }
+    let llama = download("llama-3.2-1b");
+    let report = dfastllm_core::inspect::inspect(llama.path());
+    // 128256 x 2048 tied embedding, 16 layers of GQA (8 KV heads of 64) and an 8192 MLP.
+    assert_eq!(report.parameters, 1_235_814_400);
+    assert!(report
+        .render()
+        .contains("from config.json (no weights yet)"));
+}

@@ -21,7 +21,8 @@ fn ids(v: &Value) -> Vec<u32> {
         .collect()
 }
 
-/// Every recorded string encodes to transformers' ids and decodes back to its text.
+/// Every recorded string encodes to transformers' ids (alone, and as a plain prompt with
+/// the specials `tokenizer(text)` adds) and decodes back to its text.
 fn check_encodings(tok: &TextTokenizer, reference: &Value) {
     let cases = reference["encode"].as_array().unwrap();
     assert!(cases.len() >= 30, "the reference covers ~30 strings");
@@ -31,6 +32,11 @@ fn check_encodings(tok: &TextTokenizer, reference: &Value) {
             tok.encode(text).unwrap(),
             ids(&case["ids"]),
             "encoding {text:?}"
+        );
+        assert_eq!(
+            tok.encode_plain(text).unwrap(),
+            ids(&case["ids_with_specials"]),
+            "encoding {text:?} as a plain prompt"
         );
         let decoded = tok.decode(&ids(&case["ids"])).unwrap();
         assert_eq!(
@@ -89,6 +95,29 @@ fn phi2_from_its_tokenizer_json_and_rebuilt_from_vocab_and_merges_agree_with_tra
     check_encodings(&TextTokenizer::load(published.path()).unwrap(), &reference);
     let rebuilt = unpacked("phi-2", &["tokenizer.json"]);
     check_encodings(&TextTokenizer::load(rebuilt.path()).unwrap(), &reference);
+}
+
+#[test]
+fn tinyllama_tokenizes_as_its_published_tokenizer_json_and_plain_prompts_get_bos() {
+    // The published tokenizer.json is the reference where transformers 5 (which
+    // rebuilds Llama's tokenizer) disagrees: see the fixtures' README.
+    let dir = unpacked("tinyllama-1.1b-chat-v1.0", &[]);
+    let tok = TextTokenizer::load(dir.path()).unwrap();
+    let reference = reference("tinyllama-1.1b-chat-v1.0");
+    check_encodings(&tok, &reference);
+    check_chats(&tok, &reference);
+    for case in reference["encode"].as_array().unwrap() {
+        let text = case["text"].as_str().unwrap();
+        assert_eq!(tok.encode_plain(text).unwrap()[0], 1, "<s> first: {text:?}");
+    }
+    let disagreements = reference["encode"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["ids_with_specials"] != c["transformers_ids_with_specials"])
+        .count();
+    assert_eq!(disagreements, 2, "the README names two strings");
+    assert_eq!(tok.end_of_turn_ids(), Vec::<u32>::new(), "</s> is its EOS");
 }
 
 #[test]

@@ -471,3 +471,32 @@ def test_real_phi2_metadata_completes_with_its_published_tokenizer():
                 s.client.chat.completions.create(model="gpt-3.5-turbo", messages=[{"role": "user", "content": "hi"}])
         finally:
             s.close()
+
+
+def test_real_tinyllama_metadata_chats_and_completes_as_its_published_tokenizer():
+    with tempfile.TemporaryDirectory() as tmp:
+        s = Server("tinyllama-real", model_dir=real_like("tinyllama-1.1b-chat-v1.0", tmp))
+        try:
+            reference = json.load(open(os.path.join(REAL, "tinyllama-1.1b-chat-v1.0", "reference.json")))
+            for case in reference["chat"]:
+                if not case["add_generation_prompt"]:
+                    continue
+                r = s.client.chat.completions.create(model="gpt-3.5-turbo", messages=case["messages"],
+                                                     max_tokens=3, temperature=0)
+                # TinyLlama's real Zephyr template through its published tokenizer.json.
+                assert r.usage.prompt_tokens == len(case["ids"]), case["messages"]
+            hello = next(c for c in reference["encode"] if c["text"] == "Hello, world!")
+            r = s.client.completions.create(model="gpt-3.5-turbo", prompt="Hello, world!", max_tokens=3,
+                                            temperature=0)
+            # A plain prompt gets <s>, as transformers' tokenizer(text) and vLLM give it.
+            assert r.usage.prompt_tokens == len(hello["ids_with_specials"]) == len(hello["ids"]) + 1
+            # vLLM's repetition_penalty: accepted for an autoregressive model, checked.
+            r = s.client.completions.create(model="gpt-3.5-turbo", prompt="Hello", max_tokens=3,
+                                            extra_body={"repetition_penalty": 1.3})
+            assert r.choices[0].finish_reason in ("stop", "length")
+            with pytest.raises(openai.BadRequestError) as e:
+                s.client.completions.create(model="gpt-3.5-turbo", prompt="Hello", max_tokens=3,
+                                            extra_body={"repetition_penalty": 0})
+            assert e.value.body["param"] == "repetition_penalty"
+        finally:
+            s.close()

@@ -463,36 +463,57 @@ fn network(
     Ok(model)
 }
 
-/// A weight source with no tensors: building a network from it runs every config.json
-/// check of the architecture and fails at the first weight.
-struct NoWeights;
+/// A weight source that holds no data: each tensor asked for is recorded (name and
+/// element count) and handed out as a zero-stride view of one zero, so building a
+/// network from it runs every config.json check of the architecture and counts the
+/// parameters the config implies, without allocating them.
+#[derive(Default, Clone)]
+struct ShapesOnly {
+    seen: std::sync::Arc<std::sync::Mutex<std::collections::BTreeMap<String, usize>>>,
+}
 
-const NO_WEIGHTS: &str = "dfastllm: config check without weights";
-
-impl candle_nn::var_builder::SimpleBackend for NoWeights {
+impl candle_nn::var_builder::SimpleBackend for ShapesOnly {
     fn get(
         &self,
-        _: candle_core::Shape,
-        _: &str,
+        shape: candle_core::Shape,
+        name: &str,
         _: candle_nn::Init,
-        _: DType,
-        _: &Device,
+        dtype: DType,
+        device: &Device,
     ) -> candle_core::Result<candle_core::Tensor> {
-        Err(candle_core::Error::Msg(NO_WEIGHTS.into()))
+        if let Ok(mut seen) = self.seen.lock() {
+            seen.insert(name.to_string(), shape.elem_count());
+        }
+        candle_core::Tensor::zeros((), dtype, device)?.broadcast_as(shape)
     }
 
     fn get_unchecked(
         &self,
-        _: &str,
+        name: &str,
         _: DType,
         _: &Device,
     ) -> candle_core::Result<candle_core::Tensor> {
-        Err(candle_core::Error::Msg(NO_WEIGHTS.into()))
+        candle_core::bail!("{name}: a tensor of unknown shape cannot be planned from config.json")
     }
 
     fn contains_tensor(&self, _: &str) -> bool {
         true
     }
+}
+
+/// Builds `dir`'s network from config.json alone: its architecture and the number of
+/// parameters its weights must hold.
+fn build_without_weights(dir: &Path) -> Result<(Architecture, u64), ModelError> {
+    let (config, config_path, architecture) = read_config(dir)?;
+    let backend = ShapesOnly::default();
+    let seen = backend.seen.clone();
+    let vb = candle_nn::VarBuilder::from_backend(Box::new(backend), DType::F32, Device::Cpu);
+    network(architecture, &config, &config_path, dir, vb)?;
+    let parameters = seen
+        .lock()
+        .map(|s| s.values().map(|&n| n as u64).sum())
+        .unwrap_or(0);
+    Ok((architecture, parameters))
 }
 
 /// The special token ids `dir`'s config.json and generation_config.json give, with the
@@ -518,15 +539,13 @@ pub fn special_tokens_of(
 /// Whether the runtime implements what `dir`'s config.json asks for, without reading
 /// any weight: the architecture, or the load error naming what is refused.
 pub fn check_config(dir: &Path) -> Result<Architecture, ModelError> {
-    let (config, config_path, architecture) = read_config(dir)?;
-    let vb = candle_nn::VarBuilder::from_backend(Box::new(NoWeights), DType::F32, Device::Cpu);
-    match network(architecture, &config, &config_path, dir, vb) {
-        Err(ModelError::Weights { source, .. }) if source.to_string().contains(NO_WEIGHTS) => {
-            Ok(architecture)
-        }
-        Err(e) => Err(e),
-        Ok(_) => Ok(architecture),
-    }
+    build_without_weights(dir).map(|(a, _)| a)
+}
+
+/// The parameters `dir`'s config.json implies (what its weights hold once downloaded),
+/// for planning memory before any weight is there.
+pub fn config_parameters(dir: &Path) -> Result<u64, ModelError> {
+    build_without_weights(dir).map(|(_, n)| n)
 }
 
 /// Loads an autoregressive checkpoint as a bare network (the APD verifier's).
