@@ -118,7 +118,11 @@ pub fn inspect(dir: &Path) -> Inspection {
         }
     }
     let stored_dtype = stored(&files).unwrap_or(None);
-    let decide = |on_cpu| {
+    let decide = |on_cpu: bool| {
+        if !on_cpu && files.is_empty() && declared(&config).is_none() {
+            // LLaDA-8B's case: the weights' headers decide, once they are there.
+            return "read from the weights once they are downloaded (config.json declares no dtype)".to_string();
+        }
         let d = DTypeChoice::Auto.resolve(declared(&config), stored_dtype, on_cpu);
         format!("{} ({})", dtype_name(d.dtype), d.reason)
     };

@@ -277,4 +277,12 @@ fn config_json_alone_gives_the_parameter_count_of_the_weights() {
     assert!(report
         .render()
         .contains("from config.json (no weights yet)"));
+    let llada = download("llada-8b-instruct");
+    let report = dfastllm_core::inspect::inspect(llada.path());
+    assert_eq!(report.parameters, 8_015_581_184);
+    assert!(
+        report.dtype_gpu.starts_with("read from the weights"),
+        "no dtype declared: the headers decide, not an f32 guess: {}",
+        report.dtype_gpu
+    );
 }
