@@ -739,6 +739,12 @@ def cmd_real_ar_fixture(args):
 
         tok = Tokenizer.from_file(tok_path)
         rows = [{"text": p, "input_ids": tok.encode(p).ids} for p in args.prompts]
+    elif os.path.exists(os.path.join(args.model, "vocab.json")):
+        # No tokenizer.json (Qwen2.5 here): transformers builds it from vocab + merges.
+        from transformers import AutoTokenizer
+
+        tok = AutoTokenizer.from_pretrained(args.model)
+        rows = [{"text": p, "input_ids": tok(p)["input_ids"]} for p in args.prompts]
     for ids in args.prompt_ids:
         rows.append({"input_ids": [int(i) for i in ids.split(",")]})
     weights = open(os.path.join(args.model, "model.safetensors"), "rb").read()

@@ -10,7 +10,7 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 
 archs=("$@")
-[[ ${#archs[@]} -gt 0 ]] || archs=(llada dream llama qwen2 phi gpt2 llama3 llama-head-dim llama-ar samplers real-tinyllama real-llama-3.2 real-phi-2)
+[[ ${#archs[@]} -gt 0 ]] || archs=(llada dream llama qwen2 phi gpt2 llama3 llama-head-dim llama-ar samplers real-tinyllama real-llama-3.2 real-phi-2 real-qwen2.5)
 
 # demo-model only writes files: the dev build (the one the tests use) is enough.
 cargo build -p dfastllm-runtime --bin dfastllm >&2
@@ -57,13 +57,14 @@ PY
         "$PY" scripts/parity/reference.py transformers-init --model "$dir" --set head_dim=32 --seed 2024
         "$PY" scripts/parity/reference.py ar-fixture --model "$dir" --out "$dir/expected.json"
         ;;
-    real-tinyllama | real-llama-3.2 | real-phi-2)
+    real-tinyllama | real-llama-3.2 | real-phi-2 | real-qwen2.5)
         # Real checkpoint metadata (runtime/tests/fixtures/real/<family>) shrunk by
         # `demo-model --like`; the weights are rebuilt by the test, not committed.
         family=${arch#real-}
         case $family in
         tinyllama) family=tinyllama-1.1b-chat-v1.0 ;;
         llama-3.2) family=llama-3.2-1b ;;
+        qwen2.5) family=qwen2.5-0.5b-instruct ;;
         esac
         work=$(mktemp -d)
         mkdir -p "$work/source" "$dir"

@@ -113,9 +113,13 @@ pub fn inspect(dir: &Path) -> Inspection {
     }
     let mut parameters_from = "weights".to_string();
     if files.is_empty() {
-        if let Ok(n) = models::config_parameters(dir) {
-            (parameters, parameters_from) = (n, "config.json".to_string());
-        }
+        parameters_from = match models::config_parameters(dir) {
+            Ok(n) => {
+                parameters = n;
+                "config.json".to_string()
+            }
+            Err(_) => "nowhere: config.json is refused".to_string(),
+        };
     }
     let stored_dtype = stored(&files).unwrap_or(None);
     let decide = |on_cpu: bool| {

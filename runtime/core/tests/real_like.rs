@@ -258,6 +258,7 @@ fn config_json_alone_gives_the_parameter_count_of_the_weights() {
         "phi-2",
         "tinyllama-1.1b-chat-v1.0",
         "llama-3.2-1b",
+        "qwen2.5-0.5b-instruct",
     ] {
         let (_source, out) = like(family, None);
         let from_weights = dfastllm_core::inspect::inspect(out.path());
@@ -277,6 +278,12 @@ fn config_json_alone_gives_the_parameter_count_of_the_weights() {
     assert!(report
         .render()
         .contains("from config.json (no weights yet)"));
+    let qwen = download("qwen2.5-0.5b-instruct");
+    // Qwen2.5-0.5B's published 0.49 B: tied head, q/k/v biases.
+    assert_eq!(
+        dfastllm_core::inspect::inspect(qwen.path()).parameters,
+        494_032_768
+    );
     let llada = download("llada-8b-instruct");
     let report = dfastllm_core::inspect::inspect(llada.path());
     assert_eq!(report.parameters, 8_015_581_184);

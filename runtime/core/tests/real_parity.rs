@@ -1,9 +1,10 @@
 //! Greedy parity with transformers on real checkpoint metadata: `demo-model --like` of
-//! TinyLlama-1.1B-Chat, Llama-3.2-1B (rope_type llama3, head_dim, tied head) and Phi-2
+//! TinyLlama-1.1B-Chat, Llama-3.2-1B (rope_type llama3, head_dim, tied head), Qwen2.5
+//! (q/k/v bias, tied head, its tokenizer built from vocab.json + merges.txt) and Phi-2
 //! (runtime/tests/fixtures/real), shrunk, with random weights. The prompts go through
 //! the published tokenizer with its BOS; the continuation runs through the serving path
 //! (KV cache, logprobs). `scripts/parity/regen.sh real-tinyllama real-llama-3.2
-//! real-phi-2` records transformers' answers; the weights are rebuilt here from the
+//! real-phi-2 real-qwen2.5` records transformers' answers; the weights are rebuilt here from the
 //! recorded `--like` arguments and checked by CRC-32 first, not committed.
 
 mod common;
@@ -146,6 +147,11 @@ fn tinyllama_metadata_decodes_greedily_as_transformers() {
 #[test]
 fn llama_3_2_metadata_decodes_greedily_as_transformers() {
     check("real-llama-3.2", "llama-3.2-1b");
+}
+
+#[test]
+fn qwen2_5_metadata_decodes_greedily_as_transformers() {
+    check("real-qwen2.5", "qwen2.5-0.5b-instruct");
 }
 
 #[test]

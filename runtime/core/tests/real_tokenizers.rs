@@ -89,6 +89,27 @@ fn dream_without_tokenizer_json_tokenizes_and_templates_as_transformers_does() {
 }
 
 #[test]
+fn qwen2_5_builds_from_vocab_and_merges_and_renders_chatml_and_tools_as_transformers() {
+    let dir = unpacked("qwen2.5-0.5b-instruct", &[]);
+    let tok = TextTokenizer::load(dir.path()).unwrap();
+    let reference = reference("qwen2.5-0.5b-instruct");
+    check_encodings(&tok, &reference);
+    check_chats(&tok, &reference);
+    let case = &reference["tool_chat"][0];
+    let text = tok
+        .apply_chat_template_with(
+            &messages(&case["messages"]),
+            true,
+            Some(&case["tools"]),
+            None,
+        )
+        .unwrap();
+    assert_eq!(text, case["text"].as_str().unwrap());
+    assert_eq!(tok.encode(&text).unwrap(), ids(&case["ids"]));
+    assert!(tok.end_of_turn_ids().contains(&151645), "<|im_end|>");
+}
+
+#[test]
 fn phi2_from_its_tokenizer_json_and_rebuilt_from_vocab_and_merges_agree_with_transformers() {
     let reference = reference("phi-2");
     let published = unpacked("phi-2", &[]);

@@ -500,3 +500,28 @@ def test_real_tinyllama_metadata_chats_and_completes_as_its_published_tokenizer(
             assert e.value.body["param"] == "repetition_penalty"
         finally:
             s.close()
+
+
+def test_real_qwen2_5_metadata_chats_with_tools_and_its_sampling_defaults():
+    with tempfile.TemporaryDirectory() as tmp:
+        s = Server("qwen-real", model_dir=real_like("qwen2.5-0.5b-instruct", tmp))
+        try:
+            reference = json.load(open(os.path.join(REAL, "qwen2.5-0.5b-instruct", "reference.json")))
+            for case in reference["chat"]:
+                if not case["add_generation_prompt"]:
+                    continue
+                r = s.client.chat.completions.create(model="gpt-3.5-turbo", messages=case["messages"], max_tokens=3)
+                # ChatML from the real template, ids from vocab.json + merges.txt.
+                assert r.usage.prompt_tokens == len(case["ids"]), case["messages"]
+            tool = reference["tool_chat"][0]
+            r = s.client.chat.completions.create(model="gpt-3.5-turbo", messages=tool["messages"],
+                                                 tools=tool["tools"], max_tokens=3)
+            assert r.usage.prompt_tokens == len(tool["ids"]), "Qwen2.5's tool prompt, as transformers renders it"
+            # generation_config.json's top_k (20) is a default for an autoregressive model;
+            # the request's own -1 turns it off; both are accepted.
+            for extra in ({}, {"top_k": -1, "repetition_penalty": 1.0}):
+                r = s.client.completions.create(model="gpt-3.5-turbo", prompt="Hello", max_tokens=2, seed=1,
+                                                extra_body=extra)
+                assert r.choices[0].finish_reason in ("stop", "length")
+        finally:
+            s.close()
