@@ -117,13 +117,16 @@ impl From<DecodeError> for ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let mut response = (self.status(), Json(self.body())).into_response();
-        if let Self::RateLimited {
-            retry_after_seconds,
-        } = self
-        {
-            if let Ok(v) = HeaderValue::from_str(&retry_after_seconds.to_string()) {
-                response.headers_mut().insert(header::RETRY_AFTER, v);
-            }
+        let retry_after = match self {
+            Self::RateLimited {
+                retry_after_seconds,
+            } => Some(retry_after_seconds),
+            // The queue turns over in about one decode; a second is the honest hint.
+            Self::QueueFull => Some(1),
+            _ => None,
+        };
+        if let Some(v) = retry_after.and_then(|s| HeaderValue::from_str(&s.to_string()).ok()) {
+            response.headers_mut().insert(header::RETRY_AFTER, v);
         }
         if let Self::Unauthorized(_) = self {
             response

@@ -539,6 +539,26 @@ async fn a_full_queue_is_429_and_a_stuck_request_is_504() {
     let (status, body) = stack.post("/v1/completions", json!({"prompt": "y"})).await;
     assert_error(status, &body, 429, "rate_limit_error");
     assert_eq!(body["error"]["code"], "queue_full");
+    // A stream is refused before it starts: a 429 with Retry-After, not a 200 carrying
+    // an in-band error.
+    let r = reqwest::Client::new()
+        .post(format!("{}/v1/completions", stack.base))
+        .json(&json!({"prompt": "y", "stream": true}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 429);
+    assert_eq!(r.headers()["retry-after"], "1");
+    assert_eq!(
+        r.json::<Value>().await.unwrap()["error"]["code"],
+        "queue_full"
+    );
+    // A request larger than the whole queue could never run: a 400 naming n.
+    let (status, body) = stack
+        .post("/v1/completions", json!({"prompt": ["a", "b"], "n": 2}))
+        .await;
+    assert_error(status, &body, 400, "invalid_request_error");
+    assert_eq!(body["error"]["param"], "n");
     let (status, body) = stuck.await.unwrap();
     assert_error(status, &body, 504, "timeout_error");
 }

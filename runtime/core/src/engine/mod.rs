@@ -1,14 +1,14 @@
 //! The engine: one scheduler thread owns the model and runs iteration-level batching.
 //!
-//! Requests arrive through a bounded admission queue ([`EngineHandle::submit`] fails
-//! fast with [`SubmitError::QueueFull`] rather than letting latency grow without
-//! bound). Every iteration the scheduler admits waiting sequences up to
+//! Requests arrive through a bounded admission queue ([`EngineHandle::submit_all`]
+//! queues a request's sequences together or fails fast with [`SubmitError::QueueFull`]
+//! rather than letting latency grow without bound; `queue.rs`). Every iteration the scheduler admits waiting sequences up to
 //! `max_concurrent_requests`, drops those whose client went away or whose deadline
 //! passed, runs one step for all the rest ([`Stepper::step`]) and reports progress
 //! on each sequence's event channel. Sequences join and leave between iterations.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TryRecvError, TrySendError};
+mod queue;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -81,63 +81,78 @@ struct Queued {
 /// The cloneable front door of the engine.
 #[derive(Clone)]
 pub struct EngineHandle {
-    tx: SyncSender<Queued>,
-    waiting: Arc<AtomicUsize>,
+    queue: Arc<queue::Queue>,
+    /// When the last clone goes, the scheduler finishes what it has and returns.
+    _alive: Arc<HandlesAlive>,
     metrics: Arc<Metrics>,
+}
+
+struct HandlesAlive(Arc<queue::Queue>);
+
+impl Drop for HandlesAlive {
+    fn drop(&mut self) {
+        self.0.close_senders();
+    }
 }
 
 impl EngineHandle {
     pub fn submit(&self, submission: Submission) -> Result<(), SubmitError> {
-        self.waiting.fetch_add(1, Ordering::SeqCst);
-        let queued = Queued {
-            submission,
-            enqueued: Instant::now(),
-        };
-        match self.tx.try_send(queued) {
-            Ok(()) => {
-                self.metrics
-                    .requests_waiting
-                    .set(self.waiting.load(Ordering::SeqCst) as i64);
-                Ok(())
-            }
-            Err(e) => {
-                self.waiting.fetch_sub(1, Ordering::SeqCst);
-                Err(match e {
-                    TrySendError::Full(_) => SubmitError::QueueFull,
-                    TrySendError::Disconnected(_) => SubmitError::Stopped,
-                })
-            }
-        }
+        self.submit_all(vec![submission])
+    }
+
+    /// Queues every sequence of one request, or none of them: a request is refused
+    /// whole, before any of its answers starts.
+    pub fn submit_all(&self, submissions: Vec<Submission>) -> Result<(), SubmitError> {
+        let enqueued = Instant::now();
+        let items = submissions
+            .into_iter()
+            .map(|submission| Queued {
+                submission,
+                enqueued,
+            })
+            .collect();
+        let (waiting, pruned) = self.queue.push_all(items)?;
+        self.metrics.requests_cancelled.inc_by(pruned as u64);
+        self.metrics.requests_waiting.set(waiting as i64);
+        Ok(())
     }
 
     /// Sequences submitted but not yet admitted into the running batch.
     pub fn waiting(&self) -> usize {
-        self.waiting.load(Ordering::SeqCst)
+        self.queue.len()
+    }
+
+    /// The most sequences the queue holds: a request with more can never be admitted.
+    pub fn capacity(&self) -> usize {
+        self.queue.capacity()
     }
 }
 
 /// The scheduler half: run it on a thread of its own with the model.
 pub struct Scheduler {
-    rx: Receiver<Queued>,
-    waiting: Arc<AtomicUsize>,
+    queue: Arc<queue::Queue>,
     metrics: Arc<Metrics>,
     config: EngineConfig,
 }
 
+impl Drop for Scheduler {
+    fn drop(&mut self) {
+        self.queue.close_receiver();
+    }
+}
+
 /// A bounded admission queue and the scheduler that drains it.
 pub fn engine(config: EngineConfig, metrics: Arc<Metrics>) -> (EngineHandle, Scheduler) {
-    let (tx, rx) = mpsc::sync_channel(config.max_queue.max(1));
-    let waiting = Arc::new(AtomicUsize::new(0));
+    let queue = Arc::new(queue::Queue::new(config.max_queue));
     let handle = EngineHandle {
-        tx,
-        waiting: waiting.clone(),
+        queue: queue.clone(),
+        _alive: Arc::new(HandlesAlive(queue.clone())),
         metrics: metrics.clone(),
     };
     (
         handle,
         Scheduler {
-            rx,
-            waiting,
+            queue,
             metrics,
             config,
         },
@@ -177,9 +192,9 @@ impl Scheduler {
         let mut state = StepState::new();
         loop {
             if active.is_empty() {
-                match self.rx.recv() {
-                    Ok(q) => self.admit(q, &mut active),
-                    Err(_) => return,
+                match self.queue.pop(None) {
+                    Some(q) => self.admit(q, &mut active),
+                    None => return,
                 }
                 self.gather(&mut active);
             }
@@ -195,10 +210,7 @@ impl Scheduler {
     }
 
     fn admit(&self, q: Queued, active: &mut Vec<Active>) {
-        self.waiting.fetch_sub(1, Ordering::SeqCst);
-        self.metrics
-            .requests_waiting
-            .set(self.waiting.load(Ordering::SeqCst) as i64);
+        self.metrics.requests_waiting.set(self.queue.len() as i64);
         let committed = q.submission.sequence.committed_answer_tokens();
         active.push(Active {
             queue_time: q.enqueued.elapsed(),
@@ -213,22 +225,18 @@ impl Scheduler {
     fn gather(&self, active: &mut Vec<Active>) {
         let until = Instant::now() + self.config.batch_wait;
         while active.len() < self.config.max_concurrent_requests {
-            let left = until.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return;
-            }
-            match self.rx.recv_timeout(left) {
-                Ok(q) => self.admit(q, active),
-                Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => return,
+            match self.queue.pop(Some(until)) {
+                Some(q) => self.admit(q, active),
+                None => return,
             }
         }
     }
 
     fn admit_waiting(&self, active: &mut Vec<Active>) {
         while active.len() < self.config.max_concurrent_requests {
-            match self.rx.try_recv() {
-                Ok(q) => self.admit(q, active),
-                Err(TryRecvError::Empty | TryRecvError::Disconnected) => return,
+            match self.queue.try_pop() {
+                Some(q) => self.admit(q, active),
+                None => return,
             }
         }
     }

@@ -290,3 +290,57 @@ fn progress_events_carry_only_the_tokens_settled_since_the_last_one() {
         "the deltas add up to the answer"
     );
 }
+
+#[test]
+fn a_request_is_queued_whole_or_refused_whole() {
+    let (handle, _scheduler) = engine(
+        EngineConfig {
+            max_queue: 3,
+            ..config(1)
+        },
+        Arc::new(Metrics::new()),
+    );
+    assert_eq!(handle.capacity(), 3);
+    let (a, _a) = submission(1);
+    handle.submit(a).unwrap();
+    let (b, _b) = submission(1);
+    let (c, _c) = submission(1);
+    let (d, _d) = submission(1);
+    assert_eq!(
+        handle.submit_all(vec![b, c, d]).unwrap_err(),
+        SubmitError::QueueFull
+    );
+    assert_eq!(
+        handle.waiting(),
+        1,
+        "none of the refused request's choices stay"
+    );
+    let (b, _b) = submission(1);
+    let (c, _c) = submission(1);
+    handle.submit_all(vec![b, c]).unwrap();
+    assert_eq!(handle.waiting(), 3);
+}
+
+/// A client that cancels while queued gives its place back at once (it used to hold
+/// it until the scheduler reached it, refusing others meanwhile).
+#[test]
+fn cancelled_requests_give_their_queue_places_back() {
+    let metrics = Arc::new(Metrics::new());
+    let (handle, _scheduler) = engine(
+        EngineConfig {
+            max_queue: 2,
+            ..config(1)
+        },
+        metrics.clone(),
+    );
+    let (a, a_rx) = submission(1);
+    let (b, _b_rx) = submission(1);
+    handle.submit_all(vec![a, b]).unwrap();
+    let (c, _c_rx) = submission(1);
+    let (c2, _c2_rx) = submission(1);
+    assert_eq!(handle.submit(c).unwrap_err(), SubmitError::QueueFull);
+    drop(a_rx);
+    handle.submit(c2).unwrap();
+    assert_eq!(handle.waiting(), 2);
+    assert_eq!(metrics.requests_cancelled.get(), 1);
+}

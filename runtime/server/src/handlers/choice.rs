@@ -1,10 +1,11 @@
 //! From a validated request to answers: [`Job::new`] builds every choice's sequence up
-//! front (so a bad prompt fails the request before anything runs), and [`run_choice`]
-//! submits one, follows its events and turns settled tokens into text.
+//! front (so a bad prompt fails the request before anything runs), [`submit`] queues
+//! them all or refuses the request whole (before a stream starts), and [`run_choice`]
+//! follows one's events and turns settled tokens into text.
 
 use std::time::Duration;
 
-use tokio::sync::mpsc::unbounded_channel;
+use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
 use tokio::time::Instant;
 
 use crate::errors::ApiError;
@@ -42,6 +43,17 @@ pub struct Choice {
 pub struct Job {
     pub choices: Vec<Choice>,
     pub prompt_tokens: usize,
+    /// Answers per prompt.
+    n: usize,
+}
+
+/// A choice queued in the engine: what [`run_choice`] follows.
+#[derive(Debug)]
+pub struct Running {
+    pub index: usize,
+    stops: Vec<String>,
+    started: Instant,
+    events: UnboundedReceiver<Event>,
 }
 
 impl Job {
@@ -72,6 +84,7 @@ impl Job {
         Ok(Self {
             choices,
             prompt_tokens: prompts.iter().map(Vec::len).sum(),
+            n,
         })
     }
 }
@@ -128,36 +141,64 @@ pub fn account(state: &AppState, prompt_tokens: usize, outcomes: &[Outcome]) {
     state.metrics.generation_tokens.inc_by(completion as u64);
 }
 
-/// Submits one sequence and follows it to the end, passing each new piece of text (and
-/// the log-probabilities of the tokens behind it) to `on_piece`. Dropping the future
-/// drops the event channel, which the engine notices at its next iteration and frees
-/// the slot.
+/// Queues every choice of `job` in the engine, or none: a request that can never fit
+/// (more answers than the queue holds) is a 400 naming `n` or `prompt`; one that does
+/// not fit now is a 429 with `Retry-After`, both before any answer (or stream) starts.
+pub fn submit(state: &AppState, job: Job) -> Result<Vec<Running>, ApiError> {
+    let capacity = state.engine.capacity();
+    let wanted = job.choices.len();
+    if wanted > capacity {
+        let prompts = wanted / job.n.max(1);
+        return Err(ApiError::invalid(
+            if job.n > 1 { "n" } else { "prompt" },
+            format!(
+                "this request asks for {wanted} answers ({prompts} prompt(s) x n = {}); this server queues at most {capacity} at once (--max-queue), so it could never run: send fewer",
+                job.n
+            ),
+        ));
+    }
+    let timeout = Duration::from_secs(state.config.request_timeout_seconds);
+    let mut running = Vec::with_capacity(wanted);
+    let mut submissions = Vec::with_capacity(wanted);
+    for choice in job.choices {
+        let (tx, rx) = unbounded_channel();
+        submissions.push(Submission {
+            sequence: choice.sequence,
+            deadline: Some((choice.started + timeout).into_std()),
+            events: tx,
+        });
+        running.push(Running {
+            index: choice.index,
+            stops: choice.stops,
+            started: choice.started,
+            events: rx,
+        });
+    }
+    state.engine.submit_all(submissions).map_err(|e| match e {
+        SubmitError::QueueFull => ApiError::QueueFull,
+        SubmitError::Stopped => ApiError::Unavailable("the engine has stopped".into()),
+    })?;
+    Ok(running)
+}
+
+/// Follows one queued choice to the end, passing each new piece of text (and the
+/// log-probabilities of the tokens behind it) to `on_piece`. Dropping the future drops
+/// the event channel, which the engine notices (in the queue or at its next iteration)
+/// and frees the place.
 pub async fn run_choice(
     state: &AppState,
     info: &ModelInfo,
-    choice: Choice,
+    choice: Running,
     mut on_piece: impl FnMut(&str, &[TokenLogprob]),
 ) -> Result<Outcome, ApiError> {
-    let Choice {
+    let Running {
         index,
-        sequence,
         stops,
         started,
+        events: mut rx,
     } = choice;
     let timeout = state.config.request_timeout_seconds;
     let deadline = started + Duration::from_secs(timeout);
-    let (tx, mut rx) = unbounded_channel();
-    state
-        .engine
-        .submit(Submission {
-            sequence,
-            deadline: Some(deadline.into_std()),
-            events: tx,
-        })
-        .map_err(|e| match e {
-            SubmitError::QueueFull => ApiError::QueueFull,
-            SubmitError::Stopped => ApiError::Unavailable("the engine has stopped".into()),
-        })?;
     let mut text = TextAssembler::new(&info.tokenizer, &stops);
     let mut settled: Vec<u32> = Vec::new();
     let mut logprobs: Vec<TokenLogprob> = Vec::new();

@@ -19,7 +19,7 @@ use crate::openai::{
     chat_logprobs, completion_logprobs, resolve, ChatRequest, CompletionRequest, GenerateRequest,
 };
 use crate::{ApiJson, AppState, ModelInfo};
-use choice::{account, encode_prompt, run_choice, Job, PromptKind};
+use choice::{account, encode_prompt, run_choice, submit, Job, PromptKind};
 use responses::{unix_now, Dialect, Shape};
 use sse::{sse, Frames, Item};
 
@@ -33,9 +33,10 @@ async fn respond(
 ) -> Result<Response, ApiError> {
     let guard = state.track();
     let prompt_tokens = job.prompt_tokens;
+    // Queued before a stream starts: a refusal is an HTTP status, not an in-band error.
+    let running = submit(&state, job)?;
     if !stream {
-        let runs = job
-            .choices
+        let runs = running
             .into_iter()
             .map(|choice| run_choice(&state, &info, choice, |_, _| {}));
         let mut outcomes = futures::future::try_join_all(runs).await?;
@@ -45,7 +46,7 @@ async fn respond(
         return Ok(Json(body).into_response());
     }
     let (tx, rx) = unbounded_channel::<Item>();
-    for choice in job.choices {
+    for choice in running {
         let (state, info, tx) = (state.clone(), info.clone(), tx.clone());
         let index = choice.index;
         tokio::spawn(async move {
