@@ -19,6 +19,11 @@ pub enum ApiError {
     Unauthorized(String),
     #[error("{0}")]
     ModelNotFound(String),
+    /// No such route (the model name is not the problem).
+    #[error("{0}")]
+    RouteNotFound(String),
+    #[error("{0}")]
+    MethodNotAllowed(String),
     #[error("request body is larger than the limit of {0} bytes")]
     BodyTooLarge(usize),
     #[error("rate limit exceeded: retry in {retry_after_seconds} s")]
@@ -45,7 +50,8 @@ impl ApiError {
         match self {
             Self::InvalidRequest { .. } => StatusCode::BAD_REQUEST,
             Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
-            Self::ModelNotFound(_) => StatusCode::NOT_FOUND,
+            Self::ModelNotFound(_) | Self::RouteNotFound(_) => StatusCode::NOT_FOUND,
+            Self::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             Self::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::RateLimited { .. } | Self::QueueFull => StatusCode::TOO_MANY_REQUESTS,
             Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -57,9 +63,11 @@ impl ApiError {
     /// OpenAI's `error.type`.
     fn kind(&self) -> &'static str {
         match self {
-            Self::InvalidRequest { .. } | Self::BodyTooLarge(_) => "invalid_request_error",
+            Self::InvalidRequest { .. } | Self::BodyTooLarge(_) | Self::MethodNotAllowed(_) => {
+                "invalid_request_error"
+            }
             Self::Unauthorized(_) => "authentication_error",
-            Self::ModelNotFound(_) => "not_found_error",
+            Self::ModelNotFound(_) | Self::RouteNotFound(_) => "not_found_error",
             Self::RateLimited { .. } | Self::QueueFull => "rate_limit_error",
             Self::Unavailable(_) => "service_unavailable_error",
             Self::Timeout(_) => "timeout_error",
@@ -86,6 +94,8 @@ impl ApiError {
             Self::InvalidRequest { .. } | Self::BodyTooLarge(_) => "invalid",
             Self::Unauthorized(_) => "unauthorized",
             Self::ModelNotFound(_) => "model_not_found",
+            Self::RouteNotFound(_) => "route_not_found",
+            Self::MethodNotAllowed(_) => "method_not_allowed",
             Self::RateLimited { .. } => "rate_limited",
             Self::QueueFull => "queue_full",
             Self::Unavailable(_) => "unavailable",
@@ -114,9 +124,17 @@ impl From<DecodeError> for ApiError {
     }
 }
 
+/// Carried by every error response, so the request middleware counts each rejection
+/// once, wherever it was decided (`dfastllm_requests_rejected_total{reason}`).
+#[derive(Debug, Clone, Copy)]
+pub struct Rejected(pub &'static str);
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let mut response = (self.status(), Json(self.body())).into_response();
+        response
+            .extensions_mut()
+            .insert(Rejected(self.reject_reason()));
         let retry_after = match self {
             Self::RateLimited {
                 retry_after_seconds,
@@ -159,6 +177,16 @@ mod tests {
                 404,
                 "not_found_error",
             ),
+            (
+                ApiError::RouteNotFound("no route".into()),
+                404,
+                "not_found_error",
+            ),
+            (
+                ApiError::MethodNotAllowed("GET".into()),
+                405,
+                "invalid_request_error",
+            ),
             (ApiError::BodyTooLarge(10), 413, "invalid_request_error"),
             (
                 ApiError::RateLimited {
@@ -185,6 +213,10 @@ mod tests {
             assert!(body["error"].get("param").is_some() && body["error"].get("code").is_some());
         }
         assert_eq!(ApiError::invalid("n", "x").body()["error"]["param"], "n");
+        assert!(
+            ApiError::RouteNotFound("x".into()).body()["error"]["code"].is_null(),
+            "a route is not a model"
+        );
     }
 
     #[test]

@@ -60,6 +60,8 @@ pub struct Inner {
     model: OnceLock<Arc<ModelInfo>>,
     keys: ApiKeys,
     limiter: RateLimiter,
+    /// Failed API-key attempts per client address.
+    auth_failures: RateLimiter,
     draining: AtomicBool,
     inflight: AtomicUsize,
     idle: Notify,
@@ -83,6 +85,7 @@ impl AppState {
         Self(Arc::new(Inner {
             keys: ApiKeys::new(config.api_keys.clone()),
             limiter: RateLimiter::new(config.rate_limit_requests_per_minute),
+            auth_failures: RateLimiter::new(auth::AUTH_FAILURES_PER_MINUTE),
             config,
             engine,
             metrics,
@@ -122,10 +125,15 @@ impl AppState {
         match requested {
             None => Ok(()),
             Some(name) if self.served_names().iter().any(|n| n == name) => Ok(()),
-            Some(name) => Err(ApiError::ModelNotFound(format!(
-                "the model {name:?} does not exist; this server serves: {}",
-                self.served_names().join(", ")
-            ))),
+            Some(name) => {
+                // Echo a bounded prefix: a 100 KB name is not sent back whole.
+                let shown: String = name.chars().take(MAX_ECHOED_CHARS).collect();
+                let cut = if shown.len() < name.len() { "..." } else { "" };
+                Err(ApiError::ModelNotFound(format!(
+                    "the model {shown:?}{cut} does not exist; this server serves: {}",
+                    self.served_names().join(", ")
+                )))
+            }
         }
     }
 
@@ -180,10 +188,35 @@ impl<T: DeserializeOwned> FromRequest<AppState> for ApiJson<T> {
         serde_json::from_slice(&bytes)
             .map(ApiJson)
             .map_err(|e| ApiError::InvalidRequest {
-                message: format!("invalid JSON body: {e}"),
+                message: format!("invalid JSON body: {}", api_terms(&e.to_string())),
                 param: None,
             })
     }
+}
+
+/// A serde message in the API's terms: what the client sent wrong, not which Rust type
+/// failed to parse (`expected struct CompletionRequest`, `untagged enum OneOrMany`).
+fn api_terms(message: &str) -> String {
+    let mut out = message.to_string();
+    while let Some(at) = out.find("expected struct ") {
+        let name_end = out[at + 16..]
+            .find(|c: char| !c.is_alphanumeric())
+            .map_or(out.len(), |i| at + 16 + i);
+        out.replace_range(at..name_end, "expected a JSON object");
+    }
+    for (rust, api) in [
+        (
+            "data did not match any variant of untagged enum OneOrMany",
+            "expected a string or an array of strings",
+        ),
+        (
+            "data did not match any variant of untagged enum Content",
+            "expected a string or an array of content parts",
+        ),
+    ] {
+        out = out.replace(rust, api);
+    }
+    out
 }
 
 /// Drain state, API key and rate limit, in that order, for inference routes.
@@ -201,40 +234,65 @@ async fn admission(State(state): State<AppState>, req: Request, next: Next) -> R
     let verdict = if state.draining.load(Ordering::SeqCst) {
         Err(ApiError::Unavailable("the server is shutting down".into()))
     } else {
-        state.keys.check(authorization.as_deref()).and_then(|()| {
-            // Keys identify clients when they are on; addresses otherwise.
-            let who = match (&authorization, state.keys.enabled()) {
-                (Some(a), true) => a.clone(),
-                _ => client,
-            };
-            state.limiter.check(&who)
-        })
+        match state.keys.check(authorization.as_deref()) {
+            // Keys identify clients when they are on (by which key, not its spelling);
+            // addresses otherwise.
+            Ok(Some(key)) => state.limiter.check(&format!("key {key}")),
+            Ok(None) => state.limiter.check(&format!("address {client}")),
+            // Guessing keys is rate limited per address, whatever the limit for clients.
+            Err(e) => state.auth_failures.check(&client).and(Err(e)),
+        }
     };
     match verdict {
         Ok(()) => next.run(req).await,
-        Err(e) => {
-            state.metrics.reject(e.reject_reason());
-            e.into_response()
-        }
+        Err(e) => e.into_response(),
     }
 }
 
-fn is_inference(path: &str) -> bool {
-    path.starts_with("/v1/") || path == "/generate"
+/// The most characters of a client's value an error message repeats.
+const MAX_ECHOED_CHARS: usize = 256;
+
+/// The `endpoint` label of a request: its route template when it matched an inference
+/// route, `other` when it matched none, `None` (not counted) for probes and metrics.
+/// Never the raw path, which a client could make unique per request.
+fn endpoint_label(matched: Option<&str>) -> Option<String> {
+    match matched {
+        Some(route) if route.starts_with("/v1/") || route == "/generate" => Some(route.into()),
+        Some(_) => None,
+        None => Some("other".into()),
+    }
+}
+
+/// A client's `x-request-id` when it is safe to log and echo (letters, digits and
+/// `-_.:`, at most 128), else a fresh one: a text log line cannot be forged with quotes
+/// or control characters.
+fn request_id(header: Option<&str>) -> String {
+    header
+        .filter(|v| {
+            !v.is_empty()
+                && v.len() <= 128
+                && v.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
+        })
+        .map(str::to_string)
+        .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string())
 }
 
 /// Request id (honoured from `x-request-id` or generated, always echoed), one JSON log
 /// line per request, and the request counters.
 async fn observe(State(state): State<AppState>, req: Request, next: Next) -> Response {
-    let request_id = req
-        .headers()
-        .get("x-request-id")
-        .and_then(|v| v.to_str().ok())
-        .filter(|v| !v.is_empty() && v.len() <= 128)
-        .map(str::to_string)
-        .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string());
+    let request_id = request_id(
+        req.headers()
+            .get("x-request-id")
+            .and_then(|v| v.to_str().ok()),
+    );
     let method = req.method().to_string();
     let path = req.uri().path().to_string();
+    let endpoint = endpoint_label(
+        req.extensions()
+            .get::<axum::extract::MatchedPath>()
+            .map(|m| m.as_str()),
+    );
     let start = Instant::now();
     let span = tracing::info_span!("request", request_id = %request_id);
     let mut response = next.run(req).instrument(span).await;
@@ -243,12 +301,15 @@ async fn observe(State(state): State<AppState>, req: Request, next: Next) -> Res
     }
     let status = response.status().as_u16();
     let elapsed = start.elapsed();
-    if is_inference(&path) {
+    if let Some(reason) = response.extensions().get::<errors::Rejected>() {
+        state.metrics.reject(reason.0);
+    }
+    if let Some(endpoint) = endpoint {
         state
             .metrics
             .requests
             .get_or_create(&RequestLabels {
-                endpoint: path.clone(),
+                endpoint,
                 model: state.config.served_name.clone(),
                 status: status.to_string(),
             })
@@ -266,10 +327,16 @@ async fn observe(State(state): State<AppState>, req: Request, next: Next) -> Res
     response
 }
 
-async fn not_found() -> ApiError {
-    ApiError::ModelNotFound(
-        "no such route; see /v1/completions, /v1/chat/completions, /v1/models, /generate".into(),
-    )
+async fn not_found(method: axum::http::Method, uri: axum::http::Uri) -> ApiError {
+    let path: String = uri.path().chars().take(MAX_ECHOED_CHARS).collect();
+    ApiError::RouteNotFound(format!(
+        "no route {method} {path}; see /v1/completions, /v1/chat/completions, /v1/models, /generate"
+    ))
+}
+
+async fn method_not_allowed(method: axum::http::Method, uri: axum::http::Uri) -> ApiError {
+    let path: String = uri.path().chars().take(MAX_ECHOED_CHARS).collect();
+    ApiError::MethodNotAllowed(format!("{method} is not allowed on {path}"))
 }
 
 pub fn router(state: AppState) -> Router {
@@ -278,13 +345,16 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/chat/completions", post(handlers::chat_completions))
         .route("/v1/models", get(handlers::models))
         .route("/generate", post(handlers::generate))
+        // Unknown routes pass the key check and rate limit too: probing them without a
+        // key is a 401, and floods of them are limited like any other request.
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
         .layer(from_fn_with_state(state.clone(), admission));
     Router::new()
         .merge(inference)
         .route("/health", get(handlers::health))
         .route("/readyz", get(handlers::readyz))
         .route("/metrics", get(handlers::metrics))
-        .fallback(not_found)
         .layer(DefaultBodyLimit::max(state.config.max_body_bytes))
         .layer(from_fn_with_state(state.clone(), observe))
         .with_state(state)
@@ -329,5 +399,39 @@ pub async fn serve(
             let _ = stop_rx.await;
             tokio::time::sleep(Duration::from_secs(1)).await;
         } => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn body_errors_say_what_was_sent_wrong_not_which_rust_type_failed() {
+        let e = serde_json::from_str::<openai::CompletionRequest>("[1]").unwrap_err();
+        let m = api_terms(&e.to_string());
+        assert!(
+            m.contains("expected a JSON object") && !m.contains("struct"),
+            "{m}"
+        );
+        let e = serde_json::from_str::<openai::CompletionRequest>(r#"{"prompt": 5}"#).unwrap_err();
+        let m = api_terms(&e.to_string());
+        assert!(
+            !m.contains("enum") && m.contains("a string or an array"),
+            "{m}"
+        );
+    }
+
+    #[test]
+    fn labels_are_route_templates_and_request_ids_are_safe() {
+        assert_eq!(
+            endpoint_label(Some("/v1/completions")).as_deref(),
+            Some("/v1/completions")
+        );
+        assert_eq!(endpoint_label(None).as_deref(), Some("other"));
+        assert_eq!(endpoint_label(Some("/health")), None);
+        assert_eq!(request_id(Some("abc-1.2:3_x")), "abc-1.2:3_x");
+        assert_eq!(request_id(Some("a\" level=\"x")).len(), 32);
+        assert_eq!(request_id(Some("a\nb")).len(), 32);
     }
 }

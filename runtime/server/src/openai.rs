@@ -360,10 +360,12 @@ pub fn resolve(
         ));
     }
     let top_p = s.top_p.unwrap_or(model.top_p.map_or(1.0, f64::from));
-    if !(top_p > 0.0 && top_p <= 1.0) {
+    // The sampler runs in f32: a positive value that rounds to 0 there is refused here,
+    // with the value as sent (not the "got 0" the sampler would report).
+    if !(top_p > 0.0 && top_p <= 1.0 && (top_p as f32) > 0.0) {
         return Err(ApiError::invalid(
             "top_p",
-            format!("top_p must be in (0, 1], got {top_p}"),
+            format!("top_p must be in (0, 1] and at least 1e-38, got {top_p:e}"),
         ));
     }
     let n = s.n.unwrap_or(1);
@@ -650,6 +652,16 @@ mod tests {
             param_of(resolve(&sampling(v), &d, &SamplingDefaults::default()))
         };
         assert_eq!(bad(serde_json::json!({"top_k": -2})), "top_k");
+        match resolve(
+            &sampling(serde_json::json!({"top_p": 1e-300})),
+            &d,
+            &SamplingDefaults::default(),
+        ) {
+            Err(ApiError::InvalidRequest { message, .. }) => {
+                assert!(message.contains("got 1e-300"), "{message}")
+            }
+            other => panic!("{other:?}"),
+        }
         assert_eq!(
             bad(serde_json::json!({"repetition_penalty": 0})),
             "repetition_penalty"

@@ -492,6 +492,22 @@ async fn api_keys_and_rate_limits() {
     assert!(r.headers().contains_key("retry-after"));
     let status = r.status().as_u16();
     assert_error(status, &r.json().await.unwrap(), 429, "rate_limit_error");
+    // The same key spelled differently is the same client: no fresh bucket.
+    for spelling in [
+        "bearer secret",
+        "BEARER secret",
+        "Bearer  secret",
+        "Bearer secret\t",
+    ] {
+        let r = client
+            .post(&url)
+            .header("authorization", spelling)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 429, "{spelling:?}");
+    }
     // Probes and scrapers need no key.
     for path in ["/health", "/readyz", "/metrics"] {
         assert_eq!(
@@ -506,7 +522,114 @@ async fn api_keys_and_rate_limits() {
     assert!(stack
         .metrics()
         .await
-        .contains("dfastllm_requests_rejected_total{reason=\"rate_limited\"} 1"));
+        .contains("dfastllm_requests_rejected_total{reason=\"rate_limited\"} 5"));
+}
+
+/// Regressions of the black-box probe (issue 15): failed keys are rate limited per
+/// address; unknown paths add no metric series; every rejection is counted; 404 and
+/// 405 are OpenAI errors that name no model; request ids cannot forge log fields; a
+/// long model name is not echoed whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_requests_are_bounded_counted_and_answered_in_api_terms() {
+    let stack = start(EngineMode::Running, |c| c.api_keys = vec!["secret".into()]).await;
+    let client = reqwest::Client::new();
+    let url = format!("{}/v1/completions", stack.base);
+    let mut statuses = Vec::new();
+    for i in 0..=dfastllm_server::auth::AUTH_FAILURES_PER_MINUTE {
+        let r = client
+            .post(&url)
+            .bearer_auth(format!("guess-{i}"))
+            .json(&json!({"prompt": "x"}))
+            .send()
+            .await
+            .unwrap();
+        statuses.push(r.status().as_u16());
+    }
+    assert!(statuses[..30].iter().all(|&s| s == 401), "{statuses:?}");
+    assert_eq!(statuses[30], 429, "guessing keys is limited");
+    // The right key from the same address still works.
+    let r = client
+        .post(&url)
+        .bearer_auth("secret")
+        .json(&json!({"prompt": "x", "max_tokens": 2}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    for i in 0..50 {
+        let r = client
+            .get(format!("{}/v1/probe-{i}-{}", stack.base, "x".repeat(200)))
+            .bearer_auth("secret")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 404);
+        let body: Value = r.json().await.unwrap();
+        assert_eq!(body["error"]["type"], "not_found_error");
+        assert!(body["error"]["code"].is_null(), "{body}");
+    }
+    let r = client
+        .get(format!("{}/v1/nope", stack.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.status(),
+        429,
+        "unknown routes pass the key check too (and this address is out of guesses)"
+    );
+    let r = client.get(&url).bearer_auth("secret").send().await.unwrap();
+    assert_eq!(r.status(), 405);
+    assert_eq!(
+        r.json::<Value>().await.unwrap()["error"]["type"],
+        "invalid_request_error"
+    );
+    let long = "m".repeat(10_000);
+    let r = client
+        .post(&url)
+        .bearer_auth("secret")
+        .header("x-request-id", "a\" level=\"error")
+        .json(&json!({"prompt": "x", "model": long}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    assert_eq!(
+        r.headers()["x-request-id"].len(),
+        32,
+        "a fresh id replaces it"
+    );
+    let body: Value = r.json().await.unwrap();
+    assert!(body["error"]["message"].as_str().unwrap().len() < 1_000);
+    let (status, _) = stack.post("/v1/completions", json!({"prompt": ""})).await;
+    assert_eq!(status, 429, "no key, from an address out of guesses");
+    let r = client
+        .post(&url)
+        .bearer_auth("secret")
+        .json(&json!({"prompt": "x", "temperature": 9}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let metrics = stack.metrics().await;
+    let series = metrics
+        .lines()
+        .filter(|l| l.starts_with("dfastllm_requests_total{"))
+        .count();
+    assert!(series <= 10, "routes x statuses, not paths:\n{metrics}");
+    assert!(!metrics.contains("probe-"), "no raw paths in labels");
+    assert!(metrics.contains("endpoint=\"other\""));
+    for (reason, count) in [
+        ("unauthorized", 30),
+        ("rate_limited", 3),
+        ("route_not_found", 50),
+        ("method_not_allowed", 1),
+        ("model_not_found", 1),
+        ("invalid", 1),
+    ] {
+        let line = format!("dfastllm_requests_rejected_total{{reason=\"{reason}\"}} {count}");
+        assert!(metrics.contains(&line), "{line}\n{metrics}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
