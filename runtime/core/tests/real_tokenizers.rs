@@ -70,6 +70,21 @@ fn check_chats(tok: &TextTokenizer, reference: &Value) {
     }
 }
 
+/// The recorded conversation with OpenAI `tools` renders to transformers' prompt and ids.
+fn check_tool_chat(tok: &TextTokenizer, reference: &Value) {
+    let case = &reference["tool_chat"][0];
+    let text = tok
+        .apply_chat_template_with(
+            &messages(&case["messages"]),
+            true,
+            Some(&case["tools"]),
+            None,
+        )
+        .unwrap();
+    assert_eq!(text, case["text"].as_str().unwrap());
+    assert_eq!(tok.encode(&text).unwrap(), ids(&case["ids"]));
+}
+
 #[test]
 fn dream_without_tokenizer_json_tokenizes_and_templates_as_transformers_does() {
     let dir = unpacked("dream-v0-instruct-7b", &[]);
@@ -95,17 +110,7 @@ fn qwen2_5_builds_from_vocab_and_merges_and_renders_chatml_and_tools_as_transfor
     let reference = reference("qwen2.5-0.5b-instruct");
     check_encodings(&tok, &reference);
     check_chats(&tok, &reference);
-    let case = &reference["tool_chat"][0];
-    let text = tok
-        .apply_chat_template_with(
-            &messages(&case["messages"]),
-            true,
-            Some(&case["tools"]),
-            None,
-        )
-        .unwrap();
-    assert_eq!(text, case["text"].as_str().unwrap());
-    assert_eq!(tok.encode(&text).unwrap(), ids(&case["ids"]));
+    check_tool_chat(&tok, &reference);
     assert!(tok.end_of_turn_ids().contains(&151645), "<|im_end|>");
 }
 
@@ -176,15 +181,5 @@ fn dream_renders_openai_tools_as_transformers_does() {
     let dir = unpacked("dream-v0-instruct-7b", &[]);
     let tok = TextTokenizer::load(dir.path()).unwrap();
     let reference = reference("dream-v0-instruct-7b");
-    let case = &reference["tool_chat"][0];
-    let text = tok
-        .apply_chat_template_with(
-            &messages(&case["messages"]),
-            true,
-            Some(&case["tools"]),
-            None,
-        )
-        .unwrap();
-    assert_eq!(text, case["text"].as_str().unwrap());
-    assert_eq!(tok.encode(&text).unwrap(), ids(&case["ids"]));
+    check_tool_chat(&tok, &reference);
 }
