@@ -78,11 +78,13 @@ pub fn inspect(dir: &Path) -> Inspection {
             Value::Null
         }
     };
-    let architecture = match models::check_config(dir) {
-        Ok(a) => Some(a),
+    // One build of the network from config.json: the checks, and the parameter count
+    // reported when there are no weights yet.
+    let (architecture, config_parameters) = match models::plan_from_config(dir) {
+        Ok((a, n)) => (Some(a), Some(n)),
         Err(e) => {
             refused.push(e.to_string());
-            models::Architecture::from_config(&config).ok()
+            (models::Architecture::from_config(&config).ok(), None)
         }
     };
     let (mut parameters, mut weight_bytes) = (0u64, BTreeMap::new());
@@ -113,12 +115,12 @@ pub fn inspect(dir: &Path) -> Inspection {
     }
     let mut parameters_from = "weights".to_string();
     if files.is_empty() {
-        parameters_from = match models::config_parameters(dir) {
-            Ok(n) => {
+        parameters_from = match config_parameters {
+            Some(n) => {
                 parameters = n;
                 "config.json".to_string()
             }
-            Err(_) => "nowhere: config.json is refused".to_string(),
+            None => "nowhere: config.json is refused".to_string(),
         };
     }
     let stored_dtype = stored(&files).unwrap_or(None);

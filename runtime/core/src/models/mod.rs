@@ -502,8 +502,8 @@ impl candle_nn::var_builder::SimpleBackend for ShapesOnly {
 }
 
 /// Builds `dir`'s network from config.json alone: its architecture and the number of
-/// parameters its weights must hold.
-fn build_without_weights(dir: &Path) -> Result<(Architecture, u64), ModelError> {
+/// parameters its weights must hold (every config check runs; nothing is allocated).
+pub fn plan_from_config(dir: &Path) -> Result<(Architecture, u64), ModelError> {
     let (config, config_path, architecture) = read_config(dir)?;
     let backend = ShapesOnly::default();
     let seen = backend.seen.clone();
@@ -539,13 +539,7 @@ pub fn special_tokens_of(
 /// Whether the runtime implements what `dir`'s config.json asks for, without reading
 /// any weight: the architecture, or the load error naming what is refused.
 pub fn check_config(dir: &Path) -> Result<Architecture, ModelError> {
-    build_without_weights(dir).map(|(a, _)| a)
-}
-
-/// The parameters `dir`'s config.json implies (what its weights hold once downloaded),
-/// for planning memory before any weight is there.
-pub fn config_parameters(dir: &Path) -> Result<u64, ModelError> {
-    build_without_weights(dir).map(|(_, n)| n)
+    plan_from_config(dir).map(|(a, _)| a)
 }
 
 /// Loads an autoregressive checkpoint as a bare network (the APD verifier's).

@@ -223,6 +223,12 @@ impl Layered {
         matches!(self.origin(key), Origin::Flag(_) | Origin::Env(_))
     }
 
+    /// Whether the deployment set `key` itself (flag, env or runtime.toml), so that
+    /// the checkpoint's generation_config.json does not replace it.
+    pub(super) fn set_by_deployment(&self, key: &str) -> bool {
+        !matches!(self.origins.get(key), None | Some(Origin::Default))
+    }
+
     /// The merged configuration as runtime.toml, each value followed by its origin
     /// (`dfastllm serve --print-config`).
     pub fn render(&self) -> String {

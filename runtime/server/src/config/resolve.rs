@@ -7,7 +7,7 @@ use dfastllm_core::decoding::{CommitRule, DecodeError, DiffusionParams, Mor, Rem
 use dfastllm_core::device::DeviceChoice;
 use dfastllm_core::models::{Architecture, DTypeChoice};
 
-use super::layered::{merge, ConfigError, FlagOrigins, Layered, Origin};
+use super::layered::{merge, ConfigError, FlagOrigins, Layered};
 use super::*;
 
 /// Decoding defaults applied to requests that leave a knob out.
@@ -118,15 +118,9 @@ impl DecodingDefaults {
             steps: d.steps,
             block_length: d.block_length,
             remasking: d.remasking.unwrap_or_default(),
-            remasking_set: !matches!(
-                l.origins.get("decoding.remasking"),
-                None | Some(Origin::Default)
-            ),
+            remasking_set: l.set_by_deployment("decoding.remasking"),
             temperature: d.temperature.unwrap_or_default() as f32,
-            temperature_set: !matches!(
-                l.origins.get("decoding.temperature"),
-                None | Some(Origin::Default)
-            ),
+            temperature_set: l.set_by_deployment("decoding.temperature"),
             commit,
             mor,
             kv_cache: d.kv_cache.unwrap_or_default(),
