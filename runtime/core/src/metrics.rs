@@ -22,6 +22,11 @@ pub struct ReasonLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StateLabels {
+    pub state: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct BuildLabels {
     version: String,
     cuda: String,
@@ -44,6 +49,13 @@ pub struct Metrics {
     pub batch_size: Histogram,
     pub gpu_memory_used_bytes: Gauge,
     pub gpu_memory_total_bytes: Gauge,
+    pub http_connections: Gauge,
+    /// 1 for the breaker's current state (`closed`, `open`, `half_open`), 0 for others.
+    pub circuit_breaker_state: Family<StateLabels, Gauge>,
+    pub forward_pass_failures: Family<ReasonLabels, Counter>,
+    pub oom_batch_halvings: Counter,
+    pub request_size_bytes: Histogram,
+    pub response_size_bytes: Histogram,
 }
 
 impl Default for Metrics {
@@ -72,6 +84,13 @@ impl Metrics {
             batch_size: Histogram::new(linear_buckets(1.0, 1.0, 32)),
             gpu_memory_used_bytes: Gauge::default(),
             gpu_memory_total_bytes: Gauge::default(),
+            http_connections: Gauge::default(),
+            circuit_breaker_state: Family::default(),
+            forward_pass_failures: Family::default(),
+            oom_batch_halvings: Counter::default(),
+            // 64 B to 16 MiB: a one-word prompt to a body at any sane limit.
+            request_size_bytes: Histogram::new(exponential_buckets(64.0, 4.0, 10)),
+            response_size_bytes: Histogram::new(exponential_buckets(64.0, 4.0, 10)),
             registry: Registry::default(),
         };
         registry.register(
@@ -150,6 +169,36 @@ impl Metrics {
             m.gpu_memory_total_bytes.clone(),
         );
         registry.register(
+            "http_connections",
+            "HTTP connections open and admitted (up to --max-connections)",
+            m.http_connections.clone(),
+        );
+        registry.register(
+            "circuit_breaker_state",
+            "The model's circuit breaker: 1 for its current state",
+            m.circuit_breaker_state.clone(),
+        );
+        registry.register(
+            "forward_pass_failures",
+            "Forward passes that failed, by reason (oom, error)",
+            m.forward_pass_failures.clone(),
+        );
+        registry.register(
+            "oom_batch_halvings",
+            "Times an out-of-memory pass was retried with the batch halved",
+            m.oom_batch_halvings.clone(),
+        );
+        registry.register(
+            "request_size_bytes",
+            "Inference request body sizes",
+            m.request_size_bytes.clone(),
+        );
+        registry.register(
+            "response_size_bytes",
+            "Inference response body sizes (streams: every event's bytes)",
+            m.response_size_bytes.clone(),
+        );
+        registry.register(
             "build",
             "Build information",
             Info::new(BuildLabels {
@@ -210,6 +259,10 @@ mod tests {
             "dfastllm_gpu_memory_used_bytes",
             "dfastllm_gpu_memory_total_bytes",
             "dfastllm_build_info{",
+            "dfastllm_http_connections",
+            "dfastllm_oom_batch_halvings_total",
+            "dfastllm_request_size_bytes_bucket",
+            "dfastllm_response_size_bytes_bucket",
         ] {
             assert!(text.contains(name), "missing {name} in\n{text}");
         }

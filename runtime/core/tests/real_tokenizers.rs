@@ -5,7 +5,7 @@
 mod common;
 
 use common::{real_download as unpacked, real_fixture as fixture};
-use dfastllm_core::tokenizer::{ChatMessage, TextTokenizer};
+use dfastllm_core::tokenizer::{ChatMessage, Shielded, SpecialsInContent, TextTokenizer};
 use serde_json::Value;
 
 fn reference(family: &str) -> Value {
@@ -66,6 +66,18 @@ fn check_chats(tok: &TextTokenizer, reference: &Value) {
         assert_eq!(text, case["text"].as_str().unwrap());
         if let Some(expected) = case.get("ids") {
             assert_eq!(tok.encode(&text).unwrap(), ids(expected), "ids of {text:?}");
+            // Content read as text (no special spellings in it) changes nothing.
+            let mut shielded = Shielded::default();
+            let shielded_messages: Vec<ChatMessage> = messages(&case["messages"])
+                .iter()
+                .map(|m| ChatMessage::new(&m.role, &tok.shield(&m.content, &mut shielded)))
+                .collect();
+            let rendered = tok.apply_chat_template(&shielded_messages, gen).unwrap();
+            assert_eq!(
+                tok.encode_shielded(&rendered, &shielded).unwrap(),
+                ids(expected),
+                "ids of {text:?} with content read as text"
+            );
         }
     }
 }
@@ -182,4 +194,47 @@ fn dream_renders_openai_tools_as_transformers_does() {
     let tok = TextTokenizer::load(dir.path()).unwrap();
     let reference = reference("dream-v0-instruct-7b");
     check_tool_chat(&tok, &reference);
+}
+
+#[test]
+fn typed_specials_stay_text_and_the_templates_own_stay_specials() {
+    let dir = unpacked("tinyllama-1.1b-chat-v1.0", &[]);
+    let tok = TextTokenizer::load(dir.path()).unwrap();
+    let eos = tok.token_id("</s>").unwrap();
+    let eos_count = |ids: &[u32]| ids.iter().filter(|&&i| i == eos).count();
+    let typed = "Say </s> then stop";
+    // Parity default: the typed spelling is the control token.
+    let rendered = tok
+        .apply_chat_template_with(&[ChatMessage::new("user", typed)], true, None, None)
+        .unwrap();
+    // The Zephyr template closes the user turn with </s> itself.
+    assert_eq!(
+        eos_count(&tok.encode(&rendered).unwrap()),
+        2,
+        "{rendered:?}"
+    );
+
+    let mut shielded = Shielded::default();
+    let content = tok.shield(typed, &mut shielded);
+    assert!(!content.contains("</s>"));
+    let rendered = tok
+        .apply_chat_template_with(&[ChatMessage::new("user", &content)], true, None, None)
+        .unwrap();
+    let ids = tok.encode_shielded(&rendered, &shielded).unwrap();
+    assert_eq!(eos_count(&ids), 1, "only the template's own </s>");
+    let text = tok.decode(&ids).unwrap();
+    assert!(text.contains("Say </s> then stop"), "{text:?}");
+    // A user cannot fake a placeholder either.
+    let mut shielded = Shielded::default();
+    let fake = tok.shield("\u{E000}0\u{E001}", &mut shielded);
+    let ids = tok.encode_shielded(&fake, &shielded).unwrap();
+    assert_eq!(eos_count(&ids), 0);
+
+    // A plain prompt read as text keeps the BOS its post-processor adds.
+    let ids = tok
+        .encode_plain_as("a </s> b", SpecialsInContent::Text)
+        .unwrap();
+    assert_eq!(ids.first(), tok.token_id("<s>").as_ref());
+    assert!(!ids.contains(&eos), "{ids:?}");
+    assert!(tok.encode_plain("a </s> b").unwrap().contains(&eos));
 }

@@ -34,6 +34,9 @@ pub enum ApiError {
     Unavailable(String),
     #[error("the request did not finish within {0} s")]
     Timeout(u64),
+    /// The client did not send its body within `--read-timeout-seconds`.
+    #[error("the request body did not arrive within {0} s (--read-timeout-seconds)")]
+    BodyTimeout(u64),
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -56,6 +59,7 @@ impl ApiError {
             Self::RateLimited { .. } | Self::QueueFull => StatusCode::TOO_MANY_REQUESTS,
             Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            Self::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -63,9 +67,10 @@ impl ApiError {
     /// OpenAI's `error.type`.
     fn kind(&self) -> &'static str {
         match self {
-            Self::InvalidRequest { .. } | Self::BodyTooLarge(_) | Self::MethodNotAllowed(_) => {
-                "invalid_request_error"
-            }
+            Self::InvalidRequest { .. }
+            | Self::BodyTooLarge(_)
+            | Self::MethodNotAllowed(_)
+            | Self::BodyTimeout(_) => "invalid_request_error",
             Self::Unauthorized(_) => "authentication_error",
             Self::ModelNotFound(_) | Self::RouteNotFound(_) => "not_found_error",
             Self::RateLimited { .. } | Self::QueueFull => "rate_limit_error",
@@ -84,6 +89,7 @@ impl ApiError {
             Self::RateLimited { .. } => Some("rate_limit_exceeded"),
             Self::QueueFull => Some("queue_full"),
             Self::Timeout(_) => Some("timeout"),
+            Self::BodyTimeout(_) => Some("request_timeout"),
             _ => None,
         }
     }
@@ -100,6 +106,7 @@ impl ApiError {
             Self::QueueFull => "queue_full",
             Self::Unavailable(_) => "unavailable",
             Self::Timeout(_) => "timeout",
+            Self::BodyTimeout(_) => "body_timeout",
             Self::Internal(_) => "internal",
         }
     }
@@ -202,6 +209,7 @@ mod tests {
                 "service_unavailable_error",
             ),
             (ApiError::Timeout(5), 504, "timeout_error"),
+            (ApiError::BodyTimeout(5), 408, "invalid_request_error"),
         ];
         for (err, status, kind) in cases {
             assert_eq!(err.status().as_u16(), status);

@@ -35,6 +35,10 @@ pub enum LaunchError {
     EngineStopped,
     #[error("{0}")]
     Io(#[from] std::io::Error),
+    /// The shutdown grace period ran out: this many requests were answered 503 instead
+    /// of finishing (the exit status says work was lost).
+    #[error("--shutdown-grace-seconds ran out: {0} request(s) were cut and answered 503")]
+    Cut(usize),
 }
 
 /// A server that is serving (and loading, until [`Launched::ready`] says otherwise).
@@ -42,7 +46,7 @@ pub struct Launched {
     pub addr: SocketAddr,
     pub state: AppState,
     loaded: Option<oneshot::Receiver<Result<(), String>>>,
-    server: JoinHandle<std::io::Result<()>>,
+    server: JoinHandle<std::io::Result<usize>>,
 }
 
 /// Fails when the model directory is plainly wrong, before a port is bound or a
@@ -119,7 +123,9 @@ impl Launched {
         };
         tokio::select! {
             result = &mut self.server => match result {
-                Ok(r) => Ok(r?),
+                Ok(Ok(0)) => Ok(()),
+                Ok(Ok(cut)) => Err(LaunchError::Cut(cut)),
+                Ok(Err(e)) => Err(e.into()),
                 Err(join) => Err(LaunchError::Load(format!("the server task failed: {join}"))),
             },
             e = failed => Err(e),

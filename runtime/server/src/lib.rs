@@ -9,6 +9,7 @@ pub mod config;
 pub mod errors;
 mod handlers;
 pub mod launch;
+mod listen;
 pub mod openai;
 pub mod text;
 
@@ -23,12 +24,11 @@ use axum::http::{HeaderValue, StatusCode};
 use axum::middleware::{from_fn_with_state, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::serve::ListenerExt;
 use axum::Router;
 use bytes::Bytes;
 use serde::de::DeserializeOwned;
 use tokio::net::TcpListener;
-use tokio::sync::Notify;
+use tokio::sync::{watch, Notify};
 use tracing::Instrument;
 
 use crate::config::RuntimeConfig;
@@ -63,6 +63,9 @@ pub struct Inner {
     /// Failed API-key attempts per client address.
     auth_failures: RateLimiter,
     draining: AtomicBool,
+    /// Set when the shutdown grace period ran out: what is still running is answered
+    /// 503 at once (in-band on a stream) rather than cut off without a word.
+    cut: watch::Sender<bool>,
     inflight: AtomicUsize,
     idle: Notify,
     started: Instant,
@@ -91,6 +94,7 @@ impl AppState {
             metrics,
             model: OnceLock::new(),
             draining: AtomicBool::new(false),
+            cut: watch::Sender::new(false),
             inflight: AtomicUsize::new(0),
             idle: Notify::new(),
             started: Instant::now(),
@@ -158,6 +162,16 @@ impl AppState {
     }
 }
 
+impl AppState {
+    /// Resolves once the shutdown grace period has run out (at once if it has).
+    pub(crate) fn grace_over(&self) -> impl Future<Output = ()> + Send + 'static {
+        let mut cut = self.cut.subscribe();
+        async move {
+            let _ = cut.wait_for(|over| *over).await;
+        }
+    }
+}
+
 struct InflightGuard(AppState);
 
 impl Drop for InflightGuard {
@@ -175,16 +189,31 @@ impl<T: DeserializeOwned> FromRequest<AppState> for ApiJson<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &AppState) -> Result<Self, ApiError> {
-        let bytes = Bytes::from_request(req, state).await.map_err(|rejection| {
-            if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                ApiError::BodyTooLarge(state.config.max_body_bytes)
-            } else {
-                ApiError::InvalidRequest {
-                    message: format!("could not read the request body: {rejection}"),
-                    param: None,
+        let limit = state.config.max_body_bytes;
+        // A declared length over the limit is refused before waiting for a byte of it:
+        // `Content-Length: 10^12` with no body would otherwise hold the request open.
+        let declared = req
+            .headers()
+            .get(axum::http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok());
+        if declared.is_some_and(|n| n > limit as u64) {
+            return Err(ApiError::BodyTooLarge(limit));
+        }
+        let deadline = Duration::from_secs(state.config.read_timeout_seconds);
+        let read = tokio::time::timeout(deadline, Bytes::from_request(req, state)).await;
+        let bytes = read
+            .map_err(|_| ApiError::BodyTimeout(state.config.read_timeout_seconds))?
+            .map_err(|rejection| {
+                if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                    ApiError::BodyTooLarge(limit)
+                } else {
+                    ApiError::InvalidRequest {
+                        message: format!("could not read the request body: {rejection}"),
+                        param: None,
+                    }
                 }
-            }
-        })?;
+            })?;
         serde_json::from_slice(&bytes)
             .map(ApiJson)
             .map_err(|e| ApiError::InvalidRequest {
@@ -361,14 +390,15 @@ pub fn router(state: AppState) -> Router {
 }
 
 /// Serves until `shutdown` resolves, then drains: new inference requests get 503 while
-/// in-flight ones finish, for at most `shutdown_grace_seconds`.
+/// in-flight ones finish, for at most `shutdown_grace_seconds`. What is still running
+/// then is answered 503 (in-band on a stream) and counted: the returned number.
 pub async fn serve(
     listener: TcpListener,
     state: AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
+) -> std::io::Result<usize> {
     let grace = Duration::from_secs(state.config.shutdown_grace_seconds);
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let (cut_tx, cut_rx) = tokio::sync::oneshot::channel::<usize>();
     let drain_state = state.clone();
     let drained = async move {
         shutdown.await;
@@ -376,31 +406,48 @@ pub async fn serve(
             grace_seconds = grace.as_secs(),
             "shutdown requested: draining"
         );
+        let mut cut = 0;
         if tokio::time::timeout(grace, drain_state.drain())
             .await
             .is_err()
         {
-            tracing::warn!("grace period over with requests still in flight");
+            cut = drain_state.inflight.load(Ordering::SeqCst);
+            tracing::warn!(
+                requests_cut = cut,
+                "grace period over with requests still in flight: answering them 503"
+            );
+            drain_state.cut.send_replace(true);
+            // The 503s are written at once; a client that stopped reading is not waited
+            // for beyond this.
+            let _ = tokio::time::timeout(CUT_FLUSH, drain_state.drain()).await;
         }
-        let _ = stop_tx.send(());
+        let _ = cut_tx.send(cut);
     };
-    let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
-    // Without TCP_NODELAY a streamed chunk written right after another waits for the
-    // client's delayed ACK (Nagle): 40 ms added to every request measured on loopback.
-    let listener = listener.tap_io(|tcp| {
-        let _ = tcp.set_nodelay(true);
+    let limits = listen::Limits {
+        max_connections: state.config.max_connections,
+        header_read_timeout: Duration::from_secs(state.config.read_timeout_seconds),
+    };
+    let metrics = state.metrics.clone();
+    let app = router(state);
+    let (stopped_tx, stopped_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = listen::accept_loop(listener, app, limits, metrics, async move {
+        drained.await;
+        let _ = stopped_tx.send(());
     });
-    let server = axum::serve(listener, app).with_graceful_shutdown(drained);
-    // After the drain, idle keep-alive connections close at once; give open streams one
-    // more second rather than waiting on a client that never reads.
+    // After the drain, idle keep-alive connections close at once; a stream whose client
+    // never reads is given one more second, not waited on for ever.
     tokio::select! {
-        result = server => result,
+        () = server => {}
         () = async {
-            let _ = stop_rx.await;
-            tokio::time::sleep(Duration::from_secs(1)).await;
-        } => Ok(()),
+            let _ = stopped_rx.await;
+            tokio::time::sleep(CUT_FLUSH).await;
+        } => {}
     }
+    Ok(cut_rx.await.unwrap_or(0))
 }
+
+/// How long the answers to cut requests are given to reach their clients.
+const CUT_FLUSH: Duration = Duration::from_secs(1);
 
 #[cfg(test)]
 mod tests {

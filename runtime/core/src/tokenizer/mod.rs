@@ -5,8 +5,10 @@
 
 mod build;
 pub mod chat;
+mod literal;
 mod templates;
 
+pub use literal::{Shielded, SpecialsInContent};
 pub use templates::ChatTemplates;
 
 use std::path::{Path, PathBuf};
@@ -52,6 +54,9 @@ pub struct TextTokenizer {
     /// tokenizer_config.json's `add_bos_token` / `add_eos_token`, where it says.
     add_bos: Option<bool>,
     add_eos: Option<bool>,
+    /// A copy of `inner` that reads special-token spellings as plain text, built the
+    /// first time user content is encoded that way (`literal.rs`).
+    literal: std::sync::OnceLock<tokenizers::Tokenizer>,
 }
 
 impl std::fmt::Debug for TextTokenizer {
@@ -151,6 +156,7 @@ impl TextTokenizer {
             eos_token: token_text(config.get("eos_token")),
             add_bos: config.get("add_bos_token").and_then(Value::as_bool),
             add_eos: config.get("add_eos_token").and_then(Value::as_bool),
+            literal: std::sync::OnceLock::new(),
         })
     }
 
@@ -169,11 +175,24 @@ impl TextTokenizer {
     /// `add_bos_token`/`add_eos_token` ask for them and the post-processor did not add
     /// them. Chat prompts use [`Self::encode`]: their template writes the specials.
     pub fn encode_plain(&self, text: &str) -> Result<Vec<u32>, TokenizerError> {
-        let mut ids = self
-            .inner
-            .encode(text, true)
-            .map(|e| e.get_ids().to_vec())
-            .map_err(|e| TokenizerError::Tokenize(e.to_string()))?;
+        self.encode_plain_as(text, SpecialsInContent::Parse)
+    }
+
+    /// [`Self::encode_plain`], with special-token spellings in `text` read as `specials`
+    /// says.
+    pub fn encode_plain_as(
+        &self,
+        text: &str,
+        specials: SpecialsInContent,
+    ) -> Result<Vec<u32>, TokenizerError> {
+        let mut ids = match specials {
+            SpecialsInContent::Parse => self
+                .inner
+                .encode(text, true)
+                .map(|e| e.get_ids().to_vec())
+                .map_err(|e| TokenizerError::Tokenize(e.to_string()))?,
+            SpecialsInContent::Text => self.encode_literal(text, true)?,
+        };
         let id_of = |t: &Option<String>| t.as_deref().and_then(|t| self.token_id(t));
         if let (Some(true), Some(bos)) = (self.add_bos, id_of(&self.bos_token)) {
             if ids.first() != Some(&bos) {
@@ -233,6 +252,11 @@ impl TextTokenizer {
 
     pub fn token_id(&self, token: &str) -> Option<u32> {
         self.inner.token_to_id(token)
+    }
+
+    /// The spelling of token `id` (specials included), if the vocabulary has it.
+    pub fn token_text(&self, id: u32) -> Option<String> {
+        self.inner.id_to_token(id)
     }
 
     pub fn has_chat_template(&self) -> bool {

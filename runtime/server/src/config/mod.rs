@@ -23,6 +23,7 @@ use dfastllm_core::decoding::{Mor, Remasking};
 use dfastllm_core::device::DeviceChoice;
 pub use dfastllm_core::models::KvCacheMode;
 use dfastllm_core::models::{Architecture, DTypeChoice};
+pub use dfastllm_core::tokenizer::SpecialsInContent;
 
 /// Reads an optional value through its `FromStr`, so the file accepts what the flag does.
 fn de_parsed<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
@@ -220,6 +221,32 @@ pub struct ServerLayer {
     )]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub shutdown_grace_seconds: Option<u64>,
+    /// Seconds a client may take to send a request's head, and again its body
+    /// (the connection closes, or the request gets 408).
+    #[arg(
+        id = "server.read_timeout_seconds",
+        long = "read-timeout-seconds",
+        env = "DFASTLLM_READ_TIMEOUT_SECONDS"
+    )]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub read_timeout_seconds: Option<u64>,
+    /// Open HTTP connections served at once; more are answered 503 and closed.
+    #[arg(
+        id = "server.max_connections",
+        long = "max-connections",
+        env = "DFASTLLM_MAX_CONNECTIONS"
+    )]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_connections: Option<usize>,
+    /// Special-token text typed in prompts and messages: parse (control tokens, as
+    /// transformers and vLLM do) or text (only the chat template writes specials).
+    #[arg(
+        id = "server.special_tokens_in_content",
+        long = "special-tokens-in-content",
+        env = "DFASTLLM_SPECIAL_TOKENS_IN_CONTENT"
+    )]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub special_tokens_in_content: Option<SpecialsInContent>,
     /// Request body limit in bytes.
     #[arg(
         id = "server.max_body_bytes",
@@ -420,6 +447,9 @@ pub fn defaults() -> ConfigLayer {
             max_queue: Some(256),
             request_timeout_seconds: Some(300),
             shutdown_grace_seconds: Some(30),
+            read_timeout_seconds: Some(10),
+            max_connections: Some(1024),
+            special_tokens_in_content: Some(SpecialsInContent::Parse),
             max_body_bytes: Some(1 << 20),
             api_keys: None,
             api_keys_file: None,

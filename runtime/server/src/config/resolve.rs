@@ -161,6 +161,9 @@ pub struct RuntimeConfig {
     pub max_queue: usize,
     pub request_timeout_seconds: u64,
     pub shutdown_grace_seconds: u64,
+    pub read_timeout_seconds: u64,
+    pub max_connections: usize,
+    pub special_tokens_in_content: SpecialsInContent,
     pub max_body_bytes: usize,
     pub api_keys: Vec<String>,
     pub rate_limit_requests_per_minute: u32,
@@ -209,6 +212,9 @@ impl RuntimeConfig {
             max_queue: s.max_queue.unwrap_or_default(),
             request_timeout_seconds: s.request_timeout_seconds.unwrap_or_default(),
             shutdown_grace_seconds: s.shutdown_grace_seconds.unwrap_or_default(),
+            read_timeout_seconds: s.read_timeout_seconds.unwrap_or_default(),
+            max_connections: s.max_connections.unwrap_or_default(),
+            special_tokens_in_content: s.special_tokens_in_content.unwrap_or_default(),
             max_body_bytes: s.max_body_bytes.unwrap_or_default(),
             api_keys,
             rate_limit_requests_per_minute: s.rate_limit_requests_per_minute.unwrap_or_default(),
@@ -221,6 +227,8 @@ impl RuntimeConfig {
             cfg.max_concurrent_requests as u64,
         )?;
         at_least_one("server.max_queue", cfg.max_queue as u64)?;
+        at_least_one("server.read_timeout_seconds", cfg.read_timeout_seconds)?;
+        at_least_one("server.max_connections", cfg.max_connections as u64)?;
         at_least_one(
             "server.request_timeout_seconds",
             cfg.request_timeout_seconds,

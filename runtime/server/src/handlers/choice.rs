@@ -14,7 +14,7 @@ use crate::text::TextAssembler;
 use crate::{AppState, ModelInfo};
 use dfastllm_core::decoding::{Sequence, TokenLogprob};
 use dfastllm_core::engine::{Event, Failure, Submission, SubmitError};
-use dfastllm_core::tokenizer::{TextTokenizer, TokenizerError};
+use dfastllm_core::tokenizer::{Shielded, SpecialsInContent, TextTokenizer, TokenizerError};
 
 /// How one choice ended.
 #[derive(Debug, Clone)]
@@ -90,27 +90,48 @@ impl Job {
 }
 
 /// How a prompt's text became text: a plain prompt, or a rendered chat template (which
-/// wrote its own special tokens).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PromptKind {
+/// wrote its own special tokens) whose user content went through `shielded` when
+/// `--special-tokens-in-content text` is on.
+#[derive(Debug, Clone, Copy)]
+pub enum PromptKind<'a> {
     Plain,
-    Chat,
+    Chat(&'a Shielded),
 }
 
 pub fn encode_prompt(
+    state: &AppState,
     info: &ModelInfo,
     text: &str,
     param: &str,
-    kind: PromptKind,
+    kind: PromptKind<'_>,
 ) -> Result<Vec<u32>, ApiError> {
     if text.is_empty() {
         return Err(ApiError::invalid(param, "the prompt must not be empty"));
     }
-    let ids = match kind {
-        PromptKind::Plain => info.tokenizer.encode_plain(text),
-        PromptKind::Chat => info.tokenizer.encode(text),
-    };
-    ids.map_err(|e| ApiError::invalid(param, e.to_string()))
+    let mode = state.config.special_tokens_in_content;
+    let ids = match (kind, mode) {
+        (PromptKind::Plain, mode) => info.tokenizer.encode_plain_as(text, mode),
+        (PromptKind::Chat(_), SpecialsInContent::Parse) => info.tokenizer.encode(text),
+        (PromptKind::Chat(shielded), SpecialsInContent::Text) => {
+            info.tokenizer.encode_shielded(text, shielded)
+        }
+    }
+    .map_err(|e| ApiError::invalid(param, e.to_string()))?;
+    // A mask token in a diffusion prompt is a position the model fills in, as if it
+    // were part of the answer: never let typed text put one there.
+    if info.architecture.is_diffusion() && ids.contains(&info.special.mask_id) {
+        let spelling = info
+            .tokenizer
+            .token_text(info.special.mask_id)
+            .unwrap_or_else(|| format!("id {}", info.special.mask_id));
+        return Err(ApiError::invalid(
+            param,
+            format!(
+                "the prompt contains the mask token {spelling:?}, which a diffusion model would fill in as part of its answer; remove it, or start the server with --special-tokens-in-content text to read it as text"
+            ),
+        ));
+    }
+    Ok(ids)
 }
 
 /// How many of `ids` it takes to reach past `text_len` bytes of decoded text: the
@@ -204,10 +225,17 @@ pub async fn run_choice(
     let mut logprobs: Vec<TokenLogprob> = Vec::new();
     let mut first_token: Option<Instant> = None;
     let tokenizer_error = |e: TokenizerError| ApiError::Internal(e.to_string());
+    let grace_over = state.grace_over();
+    tokio::pin!(grace_over);
     loop {
-        let event = tokio::time::timeout_at(deadline, rx.recv())
-            .await
-            .map_err(|_| ApiError::Timeout(timeout))?;
+        let event = tokio::select! {
+            event = tokio::time::timeout_at(deadline, rx.recv()) => {
+                event.map_err(|_| ApiError::Timeout(timeout))?
+            }
+            () = &mut grace_over => return Err(ApiError::Unavailable(
+                "the server shut down before this answer finished (its shutdown grace period ran out); retry on another replica".into(),
+            )),
+        };
         match event {
             None => return Err(ApiError::Internal("the engine dropped the request".into())),
             Some(Event::Progress {

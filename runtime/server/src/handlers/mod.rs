@@ -20,6 +20,7 @@ use crate::openai::{
 };
 use crate::{ApiJson, AppState, ModelInfo};
 use choice::{account, encode_prompt, run_choice, submit, Job, PromptKind};
+use dfastllm_core::tokenizer::{Shielded, SpecialsInContent};
 use responses::{unix_now, Dialect, Shape};
 use sse::{sse, Frames, Item};
 
@@ -92,7 +93,7 @@ pub async fn completions(
         .into_vec();
     let ids = prompts
         .iter()
-        .map(|p| encode_prompt(&info, p, "prompt", PromptKind::Plain))
+        .map(|p| encode_prompt(&state, &info, p, "prompt", PromptKind::Plain))
         .collect::<Result<Vec<_>, _>>()?;
     let mut resolved = resolved;
     resolved.sampling.autoregressive.logprobs = completion_logprobs(req.logprobs)?;
@@ -146,7 +147,15 @@ pub async fn chat_completions(
         &state.config.decoding,
         &info.sampling_defaults,
     )?;
-    let messages = req.chat_messages()?;
+    let mut messages = req.chat_messages()?;
+    // Read as text, typed special-token spellings go through the template as
+    // placeholders and come back as text tokens (dfastllm_core::tokenizer::literal).
+    let mut shielded = Shielded::default();
+    if state.config.special_tokens_in_content == SpecialsInContent::Text {
+        for m in &mut messages {
+            m.content = info.tokenizer.shield(&m.content, &mut shielded);
+        }
+    }
     let prompt = match (req.add_generation_prompt, req.continue_final_message) {
         (Some(true), Some(true)) => {
             return Err(ApiError::invalid(
@@ -175,7 +184,13 @@ pub async fn chat_completions(
         ),
     }
     .map_err(|e| ApiError::invalid("messages", e.to_string()))?;
-    let ids = encode_prompt(&info, &prompt, "messages", PromptKind::Chat)?;
+    let ids = encode_prompt(
+        &state,
+        &info,
+        &prompt,
+        "messages",
+        PromptKind::Chat(&shielded),
+    )?;
     let mut resolved = resolved;
     resolved.sampling.autoregressive.logprobs = chat_logprobs(req.logprobs, req.top_logprobs)?;
     let include_usage = req.stream_options.is_some_and(|o| o.include_usage);
@@ -207,7 +222,7 @@ pub async fn generate(
     let prompt = req
         .prompt
         .ok_or_else(|| ApiError::invalid("prompt", "prompt is required"))?;
-    let ids = encode_prompt(&info, &prompt, "prompt", PromptKind::Plain)?;
+    let ids = encode_prompt(&state, &info, &prompt, "prompt", PromptKind::Plain)?;
     let output = Output {
         dialect: Dialect::Generate,
         model: None,
