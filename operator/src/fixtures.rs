@@ -35,7 +35,7 @@ pub fn llada() -> DiffusionModel {
             "model": {"uri": "pvc://model-store/llada-8b-instruct", "aliases": ["gpt-3.5-turbo"]},
             "gpu": {"count": 1, "product": "NVIDIA-L40S"},
             "decoding": {"steps": 256, "genLength": 256, "blockLength": 32},
-            "server": {"rateLimit": {"requestsPerMinute": 600}},
+            "server": {"rateLimit": {"requestsPerMinute": 600}, "circuitBreaker": {"failureThreshold": 5, "recoverySeconds": 20}},
         }),
     )
 }

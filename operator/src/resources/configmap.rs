@@ -48,6 +48,10 @@ struct ServerSection {
     shutdown_grace_seconds: i32,
     #[serde(skip_serializing_if = "Option::is_none")]
     rate_limit_requests_per_minute: Option<i32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    breaker_failure_threshold: Option<i32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    breaker_recovery_seconds: Option<i32>,
 }
 
 #[derive(Serialize)]
@@ -89,6 +93,7 @@ pub fn runtime_toml(dm: &DiffusionModel) -> String {
     let profile = gpu::profile(spec.gpu.product.as_deref());
     let cpu = spec.gpu.count == 0;
     let d = &spec.decoding;
+    let breaker = spec.server.circuit_breaker.as_ref();
     let file = RuntimeToml {
         model: ModelSection {
             path: MODEL_DIR.into(),
@@ -112,6 +117,8 @@ pub fn runtime_toml(dm: &DiffusionModel) -> String {
                 .rate_limit
                 .as_ref()
                 .map(|r| r.requests_per_minute),
+            breaker_failure_threshold: breaker.and_then(|b| b.failure_threshold),
+            breaker_recovery_seconds: breaker.and_then(|b| b.recovery_seconds),
         },
         decoding: DecodingSection {
             gen_length: d.gen_length,

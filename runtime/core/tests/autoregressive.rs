@@ -144,3 +144,27 @@ fn context_overflow_is_an_error_not_a_panic() {
     let err = ArSequence::new(&[1; 100], ArParams::greedy(40), &m.special, 128).unwrap_err();
     assert!(err.to_string().contains("max_tokens"), "{err}");
 }
+
+#[test]
+fn a_sequence_whose_cache_was_lost_continues_with_the_same_tokens() {
+    // After a failed pass the engine clears the cache; the sequence prefills its prompt
+    // and answer so far and goes on as if nothing happened (greedy: token for token).
+    for arch in CAUSAL {
+        let (_dir, m) = demo(arch);
+        let model = m.network.causal().unwrap();
+        let new = || ArSequence::new(&[3, 1, 4, 1, 5], params(12), &m.special, 128).unwrap();
+        let mut alone = new();
+        let expected = autoregressive::generate(model, &mut alone).unwrap();
+        let mut seq = new();
+        let mut cache = CausalCache::new();
+        for _ in 0..5 {
+            step_batch(model, &mut cache, &mut [&mut seq]).unwrap();
+        }
+        seq.forget_cache();
+        let mut cache = CausalCache::new();
+        while !seq.is_finished() {
+            step_batch(model, &mut cache, &mut [&mut seq]).unwrap();
+        }
+        assert_eq!(seq.answer().token_ids, expected.token_ids, "{arch}");
+    }
+}

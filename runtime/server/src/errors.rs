@@ -37,6 +37,14 @@ pub enum ApiError {
     /// The client did not send its body within `--read-timeout-seconds`.
     #[error("the request body did not arrive within {0} s (--read-timeout-seconds)")]
     BodyTimeout(u64),
+    /// A forward pass failed (out of memory after halving, a kernel error, NaN).
+    #[error("the model failed on this request's forward pass ({0}); retry")]
+    ModelFailed(String),
+    /// The circuit breaker is open: the model failed pass after pass.
+    #[error(
+        "the model is failing and the circuit breaker is open; retry in {retry_after_seconds} s"
+    )]
+    CircuitOpen { retry_after_seconds: u64 },
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -57,7 +65,9 @@ impl ApiError {
             Self::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             Self::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::RateLimited { .. } | Self::QueueFull => StatusCode::TOO_MANY_REQUESTS,
-            Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Unavailable(_) | Self::ModelFailed(_) | Self::CircuitOpen { .. } => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             Self::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
             Self::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -74,7 +84,9 @@ impl ApiError {
             Self::Unauthorized(_) => "authentication_error",
             Self::ModelNotFound(_) | Self::RouteNotFound(_) => "not_found_error",
             Self::RateLimited { .. } | Self::QueueFull => "rate_limit_error",
-            Self::Unavailable(_) => "service_unavailable_error",
+            Self::Unavailable(_) | Self::ModelFailed(_) | Self::CircuitOpen { .. } => {
+                "service_unavailable_error"
+            }
             Self::Timeout(_) => "timeout_error",
             Self::Internal(_) => "server_error",
         }
@@ -90,6 +102,8 @@ impl ApiError {
             Self::QueueFull => Some("queue_full"),
             Self::Timeout(_) => Some("timeout"),
             Self::BodyTimeout(_) => Some("request_timeout"),
+            Self::ModelFailed(_) => Some("model_failed"),
+            Self::CircuitOpen { .. } => Some("circuit_open"),
             _ => None,
         }
     }
@@ -107,6 +121,8 @@ impl ApiError {
             Self::Unavailable(_) => "unavailable",
             Self::Timeout(_) => "timeout",
             Self::BodyTimeout(_) => "body_timeout",
+            Self::ModelFailed(_) => "model_failed",
+            Self::CircuitOpen { .. } => "circuit_open",
             Self::Internal(_) => "internal",
         }
     }
@@ -125,7 +141,7 @@ impl From<DecodeError> for ApiError {
     fn from(e: DecodeError) -> Self {
         match e {
             DecodeError::InvalidParam { param, message } => Self::invalid(param, message),
-            DecodeError::Model(e) => Self::Internal(e.to_string()),
+            DecodeError::Model(e) => Self::ModelFailed(e.to_string()),
             DecodeError::Internal(m) => Self::Internal(m),
         }
     }
@@ -147,7 +163,10 @@ impl IntoResponse for ApiError {
                 retry_after_seconds,
             } => Some(retry_after_seconds),
             // The queue turns over in about one decode; a second is the honest hint.
-            Self::QueueFull => Some(1),
+            Self::QueueFull | Self::ModelFailed(_) => Some(1),
+            Self::CircuitOpen {
+                retry_after_seconds,
+            } => Some(retry_after_seconds),
             _ => None,
         };
         if let Some(v) = retry_after.and_then(|s| HeaderValue::from_str(&s.to_string()).ok()) {
@@ -210,6 +229,18 @@ mod tests {
             ),
             (ApiError::Timeout(5), 504, "timeout_error"),
             (ApiError::BodyTimeout(5), 408, "invalid_request_error"),
+            (
+                ApiError::ModelFailed("oom".into()),
+                503,
+                "service_unavailable_error",
+            ),
+            (
+                ApiError::CircuitOpen {
+                    retry_after_seconds: 3,
+                },
+                503,
+                "service_unavailable_error",
+            ),
         ];
         for (err, status, kind) in cases {
             assert_eq!(err.status().as_u16(), status);

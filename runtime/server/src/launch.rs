@@ -16,7 +16,7 @@ use tokio::task::JoinHandle;
 
 use dfastllm_core::decoding::SamplingParams;
 use dfastllm_core::device;
-use dfastllm_core::engine::{engine, EngineConfig, Scheduler};
+use dfastllm_core::engine::{engine, EngineConfig, FaultInjector, Scheduler};
 use dfastllm_core::generation::{Generator, Prompt};
 use dfastllm_core::metrics::Metrics;
 
@@ -75,6 +75,7 @@ pub fn launch(
             max_concurrent_requests: config.max_concurrent_requests,
             max_queue: config.max_queue,
             batch_wait: Duration::from_millis(config.batch_wait_ms),
+            breaker: config.breaker(),
         },
         metrics.clone(),
     );
@@ -194,5 +195,10 @@ fn load_and_schedule(
         sampling_defaults,
     });
     let _ = loaded.send(Ok(()));
-    scheduler.run(&model);
+    if cfg.inject_faults.is_empty() {
+        scheduler.run(&model);
+    } else {
+        tracing::warn!(plan = ?cfg.inject_faults, "TEST ONLY: forward passes will fail as --inject-faults says");
+        scheduler.run(&FaultInjector::new(&model, cfg.inject_faults.clone()));
+    }
 }

@@ -215,3 +215,69 @@ async fn a_typed_mask_token_never_reaches_a_diffusion_answer() {
     let (status, body) = text.post("/v1/chat/completions", chat).await;
     assert_eq!(status, 200, "{body}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failing_passes_answer_503_open_the_breaker_and_it_recovers() {
+    // Passes 2 and 3 fail (the warm-up runs outside the scheduler and is not counted).
+    let stack = start(EngineMode::Running, |c| {
+        c.inject_faults = "error@2-3".parse().unwrap();
+        c.breaker_failure_threshold = 2;
+        c.breaker_recovery_seconds = 1;
+    })
+    .await;
+    let request = json!({"prompt": "x", "max_tokens": 4, "steps": 4});
+    for _ in 0..2 {
+        let (status, body) = stack.post("/v1/completions", request.clone()).await;
+        assert_error(status, &body, 503, "service_unavailable_error");
+        assert_eq!(body["error"]["code"], "model_failed", "{body}");
+    }
+    let opened = std::time::Instant::now();
+    let r = reqwest::Client::new()
+        .post(format!("{}/v1/completions", stack.base))
+        .json(&request)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 503);
+    assert_eq!(r.headers()["retry-after"], "1");
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "circuit_open", "{body}");
+    let health = |stack: &Stack| {
+        let url = format!("{}/health", stack.base);
+        async move {
+            let h: Value = reqwest::get(url).await.unwrap().json().await.unwrap();
+            h["circuit_breaker"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string()
+        }
+    };
+    assert_eq!(health(&stack).await, "open");
+    let metrics = stack.metrics().await;
+    assert_eq!(
+        metric(&metrics, "dfastllm_circuit_breaker_state{state=\"open\"}"),
+        1.0
+    );
+    // The process lives: once the window is over the probe runs and is answered.
+    let (status, _) = eventually(
+        Duration::from_secs(30),
+        async || stack.post("/v1/completions", request.clone()).await,
+        |(status, _)| *status == 200,
+    )
+    .await;
+    assert_eq!(status, 200);
+    eprintln!(
+        "breaker recovery: first 200 {:.2} s after it opened (window 1 s)",
+        opened.elapsed().as_secs_f64()
+    );
+    assert_eq!(health(&stack).await, "closed");
+    let metrics = stack.metrics().await;
+    assert_eq!(
+        metric(
+            &metrics,
+            "dfastllm_forward_pass_failures_total{reason=\"error\"}"
+        ),
+        2.0,
+        "{metrics}"
+    );
+}

@@ -139,6 +139,9 @@ pub struct ArSequence {
     rng: ChaCha8Rng,
     /// Whether the cache holds the prompt (and every generated token but the last).
     prefilled: bool,
+    /// The prompt and the answer so far, to prefill again after the cache was lost (a
+    /// failed pass); `None` while the prompt alone is what a prefill reads.
+    refill: Option<Vec<u32>>,
     forward_passes: usize,
     finish: Option<FinishReason>,
     /// The id that ended the answer (EOS or a stop id), not part of it.
@@ -169,6 +172,7 @@ impl ArSequence {
             max_context,
             rng: ChaCha8Rng::seed_from_u64(seed),
             prefilled: false,
+            refill: None,
             forward_passes: 0,
             finish: None,
             stopped_by: None,
@@ -191,7 +195,7 @@ impl ArSequence {
     /// Tokens the next pass feeds: the whole prompt first, then the last token.
     fn pending(&self) -> &[u32] {
         match (self.prefilled, self.generated.len()) {
-            (false, _) => &self.prompt,
+            (false, _) => self.refill.as_deref().unwrap_or(&self.prompt),
             (true, 0) => &self.prompt[self.prompt.len() - 1..],
             (true, n) => &self.generated[n - 1..],
         }
@@ -223,8 +227,20 @@ impl ArSequence {
     }
 
     /// Takes the next-token logits of this sequence (f32, one row) and samples.
+    /// The cache lost this sequence (a failed pass cleared it): the next pass prefills
+    /// the prompt and the answer so far, and decoding continues where it was.
+    pub fn forget_cache(&mut self) {
+        if self.prefilled && !self.generated.is_empty() {
+            let mut all = self.prompt.clone();
+            all.extend_from_slice(&self.generated);
+            self.refill = Some(all);
+        }
+        self.prefilled = false;
+    }
+
     pub fn accept(&mut self, logits: &[f32]) {
         self.prefilled = true;
+        self.refill = None;
         self.forward_passes += 1;
         let token = next_token::sample(logits, &self.params, &self.seen, &mut self.rng);
         let is_eos = !self.params.ignore_eos && self.eos_ids.contains(&token);
@@ -317,6 +333,13 @@ pub fn step_batch(
             .step(cache, first_slot, &inputs, false)?
             .to_dtype(DType::F32)?;
         let rows = logits.to_vec2::<f32>()?;
+        // The NaN guard: a broken kernel or an overflowing f16 pass must fail the pass
+        // (and count towards the circuit breaker), never sample garbage.
+        if live.iter().any(|&i| rows[i].iter().any(|x| x.is_nan())) {
+            return Err(DecodeError::Model(candle_core::Error::Msg(
+                "the forward pass produced NaN logits".into(),
+            )));
+        }
         for i in live {
             group[i].accept(&rows[i]);
         }

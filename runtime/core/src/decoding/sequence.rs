@@ -211,6 +211,15 @@ impl Sequence {
         }
     }
 
+    /// Forgets what the engine's step state held for this sequence (after a failed
+    /// pass): an autoregressive one prefills its whole context again. A diffusion
+    /// sequence's own cache is only replaced by a pass that succeeded, so it stays.
+    pub fn forget_cache(&mut self) {
+        if let Self::Autoregressive(s) = self {
+            s.forget_cache();
+        }
+    }
+
     /// Answer positions holding a committed token.
     pub fn committed_answer_tokens(&self) -> usize {
         match self {

@@ -7,8 +7,14 @@
 //! passed, runs one step for all the rest ([`Stepper::step`]) and reports progress
 //! on each sequence's event channel. Sequences join and leave between iterations.
 
+mod breaker;
+mod faults;
 mod queue;
 
+pub use breaker::{BreakerConfig, BreakerState};
+pub use faults::{is_out_of_memory, FaultInjector, FaultKind, FaultPlan};
+
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -24,6 +30,7 @@ pub struct EngineConfig {
     /// How long an idle scheduler waits for more requests before the first forward pass
     /// of a new batch; trades a little latency for larger batches under bursty load.
     pub batch_wait: Duration,
+    pub breaker: BreakerConfig,
 }
 
 /// What a sequence reports to whoever submitted it.
@@ -63,6 +70,9 @@ pub enum SubmitError {
     QueueFull,
     #[error("the engine has stopped")]
     Stopped,
+    /// The circuit breaker is open (the model failed pass after pass).
+    #[error("the model is failing; the circuit breaker is open")]
+    BreakerOpen { retry_after: Duration },
 }
 
 /// One sequence to decode.
@@ -85,6 +95,7 @@ pub struct EngineHandle {
     /// When the last clone goes, the scheduler finishes what it has and returns.
     _alive: Arc<HandlesAlive>,
     metrics: Arc<Metrics>,
+    breaker: Arc<breaker::Breaker>,
 }
 
 struct HandlesAlive(Arc<queue::Queue>);
@@ -104,6 +115,9 @@ impl EngineHandle {
     /// whole, before any of its answers starts.
     pub fn submit_all(&self, submissions: Vec<Submission>) -> Result<(), SubmitError> {
         let enqueued = Instant::now();
+        self.breaker
+            .admit(enqueued, &self.metrics)
+            .map_err(|retry_after| SubmitError::BreakerOpen { retry_after })?;
         let items = submissions
             .into_iter()
             .map(|submission| Queued {
@@ -126,6 +140,10 @@ impl EngineHandle {
     pub fn capacity(&self) -> usize {
         self.queue.capacity()
     }
+
+    pub fn breaker_state(&self) -> BreakerState {
+        self.breaker.state()
+    }
 }
 
 /// The scheduler half: run it on a thread of its own with the model.
@@ -133,6 +151,7 @@ pub struct Scheduler {
     queue: Arc<queue::Queue>,
     metrics: Arc<Metrics>,
     config: EngineConfig,
+    breaker: Arc<breaker::Breaker>,
 }
 
 impl Drop for Scheduler {
@@ -144,10 +163,12 @@ impl Drop for Scheduler {
 /// A bounded admission queue and the scheduler that drains it.
 pub fn engine(config: EngineConfig, metrics: Arc<Metrics>) -> (EngineHandle, Scheduler) {
     let queue = Arc::new(queue::Queue::new(config.max_queue));
+    let breaker = Arc::new(breaker::Breaker::new(config.breaker, &metrics));
     let handle = EngineHandle {
         queue: queue.clone(),
         _alive: Arc::new(HandlesAlive(queue.clone())),
         metrics: metrics.clone(),
+        breaker: breaker.clone(),
     };
     (
         handle,
@@ -155,6 +176,7 @@ pub fn engine(config: EngineConfig, metrics: Arc<Metrics>) -> (EngineHandle, Sch
             queue,
             metrics,
             config,
+            breaker,
         },
     )
 }
@@ -185,27 +207,49 @@ fn retain_active(
     }
 }
 
+/// Successful passes at a lowered batch limit before it doubles back towards
+/// `max_concurrent_requests`: memory that was short once is tried again gradually.
+const PASSES_BEFORE_REGROWING: usize = 64;
+
+/// What the scheduler holds between iterations.
+struct Batch {
+    active: Vec<Active>,
+    state: StepState,
+    /// Sequences taken out of the batch by an out-of-memory halving, progress kept;
+    /// they rejoin before anything from the queue.
+    parked: VecDeque<Active>,
+    /// The most sequences per pass now: `max_concurrent_requests`, or less after an
+    /// out-of-memory pass.
+    limit: usize,
+    passes_at_limit: usize,
+}
+
 impl Scheduler {
     /// Serves until every [`EngineHandle`] is dropped and the last sequence finished.
     pub fn run<M: Stepper + ?Sized>(self, model: &M) {
-        let mut active: Vec<Active> = Vec::new();
-        let mut state = StepState::new();
+        let mut batch = Batch {
+            active: Vec::new(),
+            state: StepState::new(),
+            parked: VecDeque::new(),
+            limit: self.config.max_concurrent_requests.max(1),
+            passes_at_limit: 0,
+        };
         loop {
-            if active.is_empty() {
+            if batch.active.is_empty() && batch.parked.is_empty() {
                 match self.queue.pop(None) {
-                    Some(q) => self.admit(q, &mut active),
+                    Some(q) => self.admit(q, &mut batch.active),
                     None => return,
                 }
-                self.gather(&mut active);
+                self.gather(&mut batch);
             }
-            self.admit_waiting(&mut active);
-            self.drop_abandoned(&mut active, &mut state);
-            self.metrics.requests_running.set(active.len() as i64);
-            if active.is_empty() {
+            self.admit_waiting(&mut batch);
+            self.drop_abandoned(&mut batch);
+            self.metrics.requests_running.set(batch.active.len() as i64);
+            if batch.active.is_empty() {
                 continue;
             }
-            self.iterate(model, &mut active, &mut state);
-            self.metrics.requests_running.set(active.len() as i64);
+            self.iterate(model, &mut batch);
+            self.metrics.requests_running.set(batch.active.len() as i64);
         }
     }
 
@@ -222,64 +266,73 @@ impl Scheduler {
     }
 
     /// Waits up to `batch_wait` for more requests to join a batch that just formed.
-    fn gather(&self, active: &mut Vec<Active>) {
+    fn gather(&self, batch: &mut Batch) {
         let until = Instant::now() + self.config.batch_wait;
-        while active.len() < self.config.max_concurrent_requests {
+        while batch.active.len() < batch.limit {
             match self.queue.pop(Some(until)) {
-                Some(q) => self.admit(q, active),
+                Some(q) => self.admit(q, &mut batch.active),
                 None => return,
             }
         }
     }
 
-    fn admit_waiting(&self, active: &mut Vec<Active>) {
-        while active.len() < self.config.max_concurrent_requests {
+    fn admit_waiting(&self, batch: &mut Batch) {
+        while batch.active.len() < batch.limit {
+            if let Some(parked) = batch.parked.pop_front() {
+                batch.active.push(parked);
+                continue;
+            }
             match self.queue.try_pop() {
-                Some(q) => self.admit(q, active),
+                Some(q) => self.admit(q, &mut batch.active),
                 None => return,
             }
         }
+    }
+
+    /// Whether `a` is still wanted; a sequence past its deadline is told so.
+    fn still_wanted(&self, a: &Active, now: Instant) -> bool {
+        if a.submission.events.is_closed() {
+            self.metrics.requests_cancelled.inc();
+            return false;
+        }
+        if a.submission.deadline.is_some_and(|d| now >= d) {
+            let _ = a.submission.events.send(Event::Failed(Failure::Timeout));
+            return false;
+        }
+        true
     }
 
     /// Frees the slots of sequences nobody waits for any more, or that ran out of time.
-    fn drop_abandoned(&self, active: &mut Vec<Active>, state: &mut StepState) {
+    fn drop_abandoned(&self, batch: &mut Batch) {
         let now = Instant::now();
-        retain_active(active, state, |a| {
-            if a.submission.events.is_closed() {
-                self.metrics.requests_cancelled.inc();
-                return false;
-            }
-            if a.submission.deadline.is_some_and(|d| now >= d) {
-                let _ = a.submission.events.send(Event::Failed(Failure::Timeout));
-                return false;
-            }
-            true
+        retain_active(&mut batch.active, &mut batch.state, |a| {
+            self.still_wanted(a, now)
         });
+        batch.parked.retain(|a| self.still_wanted(a, now));
     }
 
-    fn iterate<M: Stepper + ?Sized>(
-        &self,
-        model: &M,
-        active: &mut Vec<Active>,
-        state: &mut StepState,
-    ) {
+    fn iterate<M: Stepper + ?Sized>(&self, model: &M, batch: &mut Batch) {
+        let Batch { active, state, .. } = batch;
         self.metrics.batch_size.observe(active.len() as f64);
-        let mut batch: Vec<&mut Sequence> = active
+        let mut seqs: Vec<&mut Sequence> = active
             .iter_mut()
             .map(|a| &mut a.submission.sequence)
             .collect();
-        let result = model.step(&mut batch, state);
+        let result = model.step(&mut seqs, state);
         self.metrics.forward_passes.inc();
         if let Err(e) = result {
-            for a in active.drain(..) {
-                let _ = a
-                    .submission
-                    .events
-                    .send(Event::Failed(Failure::Model(e.to_string())));
-            }
-            state.clear();
+            self.failed_pass(batch, &e);
             return;
         }
+        self.breaker.on_success(&self.metrics);
+        if batch.limit < self.config.max_concurrent_requests {
+            batch.passes_at_limit += 1;
+            if batch.passes_at_limit >= PASSES_BEFORE_REGROWING {
+                batch.limit = (batch.limit * 2).min(self.config.max_concurrent_requests);
+                batch.passes_at_limit = 0;
+            }
+        }
+        let Batch { active, state, .. } = batch;
         retain_active(active, state, |a| {
             let committed = a.submission.sequence.committed_answer_tokens();
             self.metrics
@@ -312,6 +365,51 @@ impl Scheduler {
             let _ = a.submission.events.send(Event::Done(Box::new(finished)));
             false
         });
+    }
+
+    /// A pass failed. Out of memory with more than one sequence: halve the batch (the
+    /// second half waits, progress kept) and retry before failing anyone. Otherwise the
+    /// pass's sequences fail (503 upstream) and the breaker counts it.
+    fn failed_pass(&self, batch: &mut Batch, e: &crate::decoding::DecodeError) {
+        // The pass may have half written the cache: every sequence re-reads its context
+        // at its next pass.
+        batch.state.clear();
+        for a in &mut batch.active {
+            a.submission.sequence.forget_cache();
+        }
+        let oom = is_out_of_memory(e);
+        self.metrics
+            .forward_pass_failures
+            .get_or_create(&crate::metrics::ReasonLabels {
+                reason: if oom { "oom" } else { "error" }.into(),
+            })
+            .inc();
+        if oom && batch.active.len() > 1 {
+            let keep = batch.active.len() / 2;
+            tracing::warn!(
+                batch = batch.active.len(),
+                retry_with = keep,
+                error = %e,
+                "out of memory: retrying the pass with the batch halved"
+            );
+            self.metrics.oom_batch_halvings.inc();
+            batch.limit = keep;
+            batch.passes_at_limit = 0;
+            let parked = batch.active.split_off(keep);
+            // Parked sequences go back first, in their order, ahead of older parked ones.
+            for a in parked.into_iter().rev() {
+                batch.parked.push_front(a);
+            }
+            return;
+        }
+        tracing::error!(batch = batch.active.len(), error = %e, "forward pass failed");
+        self.breaker.on_failure(Instant::now(), &self.metrics);
+        for a in batch.active.drain(..) {
+            let _ = a
+                .submission
+                .events
+                .send(Event::Failed(Failure::Model(e.to_string())));
+        }
     }
 }
 

@@ -84,6 +84,7 @@ fn config(max_concurrent_requests: usize) -> EngineConfig {
         max_concurrent_requests,
         max_queue: 8,
         batch_wait: Duration::ZERO,
+        breaker: BreakerConfig::default(),
     }
 }
 
@@ -343,4 +344,117 @@ fn cancelled_requests_give_their_queue_places_back() {
     handle.submit(c2).unwrap();
     assert_eq!(handle.waiting(), 2);
     assert_eq!(metrics.requests_cancelled.get(), 1);
+}
+
+#[test]
+fn an_out_of_memory_pass_is_retried_with_half_the_batch_and_nobody_fails() {
+    let metrics = Arc::new(Metrics::new());
+    let (handle, scheduler) = engine(config(4), metrics.clone());
+    let mut receivers = Vec::new();
+    for _ in 0..4 {
+        let (s, rx) = submission(3);
+        handle.submit(s).unwrap();
+        receivers.push(rx);
+    }
+    drop(handle);
+    let fake = Fake::new();
+    scheduler.run(&FaultInjector::new(&fake, "oom@1".parse().unwrap()));
+    for rx in &mut receivers {
+        assert_eq!(done_tokens(drain(rx).1), [3, 3, 3]);
+    }
+    // The pass of four failed before the model; two halves of two ran to the end.
+    assert_eq!(fake.batches(), [2, 2, 2, 2, 2, 2]);
+    let text = metrics.encode();
+    assert!(
+        text.contains("dfastllm_oom_batch_halvings_total 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("dfastllm_circuit_breaker_state{state=\"closed\"} 1"),
+        "a halving that cured the pass is no failure: {text}"
+    );
+}
+
+/// Runs the scheduler over `fake` with `plan` on a thread of its own.
+fn run_faulty(scheduler: Scheduler, plan: &str) -> std::thread::JoinHandle<()> {
+    let plan: FaultPlan = plan.parse().unwrap();
+    std::thread::spawn(move || {
+        let fake = Fake::new();
+        scheduler.run(&FaultInjector::new(&fake, plan));
+    })
+}
+
+fn breaker_config(failure_threshold: u32, recovery: Duration) -> EngineConfig {
+    EngineConfig {
+        breaker: BreakerConfig {
+            failure_threshold,
+            recovery,
+        },
+        ..config(1)
+    }
+}
+
+#[test]
+fn a_lone_sequence_out_of_memory_fails_and_failures_in_a_row_open_the_breaker() {
+    let metrics = Arc::new(Metrics::new());
+    let (handle, scheduler) = engine(
+        breaker_config(2, Duration::from_secs(3600)),
+        metrics.clone(),
+    );
+    let thread = run_faulty(scheduler, "oom@1-2");
+    for failure in 1..=2 {
+        let (s, mut rx) = submission(3);
+        handle.submit(s).unwrap();
+        match rx.blocking_recv() {
+            Some(Event::Failed(Failure::Model(m))) => assert!(m.contains("OUT_OF_MEMORY"), "{m}"),
+            other => panic!("expected the pass's failure, got {other:?}"),
+        }
+        let expected = if failure == 1 {
+            BreakerState::Closed
+        } else {
+            BreakerState::Open
+        };
+        assert_eq!(handle.breaker_state(), expected, "after failure {failure}");
+    }
+    let (s, _rx) = submission(3);
+    match handle.submit(s) {
+        Err(SubmitError::BreakerOpen { retry_after }) => {
+            assert!(retry_after > Duration::from_secs(3500), "{retry_after:?}")
+        }
+        other => panic!("an open breaker refuses at once, got {other:?}"),
+    }
+    drop(handle);
+    thread.join().unwrap();
+    let text = metrics.encode();
+    assert!(
+        text.contains("dfastllm_forward_pass_failures_total{reason=\"oom\"} 2"),
+        "{text}"
+    );
+}
+
+#[test]
+fn after_the_recovery_window_one_probe_decides_and_a_good_pass_closes_the_breaker() {
+    let (handle, scheduler) = engine(breaker_config(1, Duration::ZERO), Arc::new(Metrics::new()));
+    let thread = run_faulty(scheduler, "error@1");
+    let (a, mut a_rx) = submission(3);
+    handle.submit(a).unwrap();
+    assert!(matches!(
+        a_rx.blocking_recv(),
+        Some(Event::Failed(Failure::Model(_)))
+    ));
+    assert_eq!(handle.breaker_state(), BreakerState::Open);
+    // The window (zero here) is over: this request is the probe (that a second one
+    // waits for it is the breaker's own test; here the scheduler may already be done).
+    let (probe, mut probe_rx) = submission(3);
+    handle.submit(probe).unwrap();
+    let done = loop {
+        match probe_rx.blocking_recv() {
+            Some(Event::Progress { .. }) => continue,
+            other => break other,
+        }
+    };
+    assert_eq!(done_tokens(done), [3, 3, 3]);
+    assert_eq!(handle.breaker_state(), BreakerState::Closed);
+    drop(handle);
+    thread.join().unwrap();
 }

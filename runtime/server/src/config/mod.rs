@@ -21,6 +21,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use dfastllm_core::decoding::{Mor, Remasking};
 use dfastllm_core::device::DeviceChoice;
+pub use dfastllm_core::engine::FaultPlan;
 pub use dfastllm_core::models::KvCacheMode;
 use dfastllm_core::models::{Architecture, DTypeChoice};
 pub use dfastllm_core::tokenizer::SpecialsInContent;
@@ -247,6 +248,33 @@ pub struct ServerLayer {
     )]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub special_tokens_in_content: Option<SpecialsInContent>,
+    /// Failed forward passes in a row that open the circuit breaker (requests get 503
+    /// at once for the recovery window); 0 turns it off.
+    #[arg(
+        id = "server.breaker_failure_threshold",
+        long = "breaker-failure-threshold",
+        env = "DFASTLLM_BREAKER_FAILURE_THRESHOLD"
+    )]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub breaker_failure_threshold: Option<u32>,
+    /// Seconds an open circuit breaker refuses requests before one probe is let through.
+    #[arg(
+        id = "server.breaker_recovery_seconds",
+        long = "breaker-recovery-seconds",
+        env = "DFASTLLM_BREAKER_RECOVERY_SECONDS"
+    )]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub breaker_recovery_seconds: Option<u64>,
+    /// TEST ONLY: make chosen forward passes fail (`oom@3,error@5-9`). Hidden from
+    /// --help and never read from runtime.toml.
+    #[arg(
+        id = "server.inject_faults",
+        long = "inject-faults",
+        env = "DFASTLLM_INJECT_FAULTS",
+        hide = true
+    )]
+    #[serde(skip)]
+    pub inject_faults: Option<FaultPlan>,
     /// Request body limit in bytes.
     #[arg(
         id = "server.max_body_bytes",
@@ -450,6 +478,9 @@ pub fn defaults() -> ConfigLayer {
             read_timeout_seconds: Some(10),
             max_connections: Some(1024),
             special_tokens_in_content: Some(SpecialsInContent::Parse),
+            breaker_failure_threshold: Some(5),
+            breaker_recovery_seconds: Some(30),
+            inject_faults: None,
             max_body_bytes: Some(1 << 20),
             api_keys: None,
             api_keys_file: None,

@@ -164,6 +164,10 @@ pub struct RuntimeConfig {
     pub read_timeout_seconds: u64,
     pub max_connections: usize,
     pub special_tokens_in_content: SpecialsInContent,
+    pub breaker_failure_threshold: u32,
+    pub breaker_recovery_seconds: u64,
+    /// Test only (`--inject-faults`); empty in service.
+    pub inject_faults: FaultPlan,
     pub max_body_bytes: usize,
     pub api_keys: Vec<String>,
     pub rate_limit_requests_per_minute: u32,
@@ -215,6 +219,9 @@ impl RuntimeConfig {
             read_timeout_seconds: s.read_timeout_seconds.unwrap_or_default(),
             max_connections: s.max_connections.unwrap_or_default(),
             special_tokens_in_content: s.special_tokens_in_content.unwrap_or_default(),
+            breaker_failure_threshold: s.breaker_failure_threshold.unwrap_or_default(),
+            breaker_recovery_seconds: s.breaker_recovery_seconds.unwrap_or_default(),
+            inject_faults: s.inject_faults.clone().unwrap_or_default(),
             max_body_bytes: s.max_body_bytes.unwrap_or_default(),
             api_keys,
             rate_limit_requests_per_minute: s.rate_limit_requests_per_minute.unwrap_or_default(),
@@ -234,6 +241,14 @@ impl RuntimeConfig {
             cfg.request_timeout_seconds,
         )?;
         Ok(cfg)
+    }
+
+    /// The circuit breaker's settings, for the engine.
+    pub fn breaker(&self) -> dfastllm_core::engine::BreakerConfig {
+        dfastllm_core::engine::BreakerConfig {
+            failure_threshold: self.breaker_failure_threshold,
+            recovery: std::time::Duration::from_secs(self.breaker_recovery_seconds),
+        }
     }
 
     /// Flags over an optional file over defaults, in one call (tests, `batch --model`).

@@ -198,6 +198,10 @@ pub fn submit(state: &AppState, job: Job) -> Result<Vec<Running>, ApiError> {
     state.engine.submit_all(submissions).map_err(|e| match e {
         SubmitError::QueueFull => ApiError::QueueFull,
         SubmitError::Stopped => ApiError::Unavailable("the engine has stopped".into()),
+        SubmitError::BreakerOpen { retry_after } => ApiError::CircuitOpen {
+            // Rounded up: a client retrying at the hint finds the window over.
+            retry_after_seconds: retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0),
+        },
     })?;
     Ok(running)
 }
@@ -308,7 +312,7 @@ pub async fn run_choice(
                 });
             }
             Some(Event::Failed(Failure::Timeout)) => return Err(ApiError::Timeout(timeout)),
-            Some(Event::Failed(Failure::Model(m))) => return Err(ApiError::Internal(m)),
+            Some(Event::Failed(Failure::Model(m))) => return Err(ApiError::ModelFailed(m)),
         }
     }
 }

@@ -302,6 +302,8 @@ pub struct Health {
     uptime_seconds: f64,
     queue: Queue,
     max_concurrent_requests: usize,
+    /// `closed`, `open` or `half_open`.
+    circuit_breaker: &'static str,
 }
 
 #[derive(Serialize)]
@@ -328,6 +330,7 @@ pub async fn health(State(state): State<AppState>) -> Json<Health> {
             capacity: state.config.max_queue,
         },
         max_concurrent_requests: state.config.max_concurrent_requests,
+        circuit_breaker: state.engine.breaker_state().name(),
     })
 }
 

@@ -92,6 +92,7 @@ pub async fn start(mode: EngineMode, tweak: impl FnOnce(&mut RuntimeConfig)) -> 
             max_concurrent_requests: cfg.max_concurrent_requests,
             max_queue: cfg.max_queue,
             batch_wait: Duration::from_millis(cfg.batch_wait_ms),
+            breaker: cfg.breaker(),
         },
         metrics.clone(),
     );
