@@ -379,9 +379,14 @@ pub struct ServerSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 100000))]
     pub max_queue: Option<i32>,
+    /// Deadline of a non-streaming request (504 past it); the runtime's 60 when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 86400))]
     pub request_timeout_seconds: Option<i32>,
+    /// Deadline of a streaming request; the runtime's 300 when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 86400))]
+    pub request_timeout_streaming_seconds: Option<i32>,
     /// Secret key holding the accepted API keys (comma or newline separated).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub api_key_secret_ref: Option<SecretKeyRef>,

@@ -45,6 +45,7 @@ struct ServerSection {
     max_concurrent_requests: i32,
     max_queue: i32,
     request_timeout_seconds: i32,
+    request_timeout_streaming_seconds: i32,
     shutdown_grace_seconds: i32,
     #[serde(skip_serializing_if = "Option::is_none")]
     rate_limit_requests_per_minute: Option<i32>,
@@ -110,7 +111,11 @@ pub fn runtime_toml(dm: &DiffusionModel) -> String {
                 .max_concurrent_requests
                 .unwrap_or(profile.max_concurrent_requests),
             max_queue: spec.server.max_queue.unwrap_or(256),
-            request_timeout_seconds: spec.server.request_timeout_seconds.unwrap_or(300),
+            request_timeout_seconds: spec.server.request_timeout_seconds.unwrap_or(60),
+            request_timeout_streaming_seconds: spec
+                .server
+                .request_timeout_streaming_seconds
+                .unwrap_or(300),
             shutdown_grace_seconds: SHUTDOWN_GRACE_SECONDS,
             rate_limit_requests_per_minute: spec
                 .server

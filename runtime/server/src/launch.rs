@@ -156,6 +156,13 @@ fn load_and_schedule(
                 ));
             }
         }
+        let own = generator.model.network.max_context();
+        if let Some(len) = cfg.max_model_len.filter(|&len| len > own) {
+            return Err(format!(
+                "--max-model-len {len} is longer than the model's context of {own} tokens ({}/config.json)",
+                cfg.model_path.display()
+            ));
+        }
         let warmup = Prompt::Text("warm up".into());
         generator
             .generate(&warmup, &SamplingParams::with_defaults(8))
@@ -189,7 +196,10 @@ fn load_and_schedule(
     state.set_ready(ModelInfo {
         tokenizer,
         special: model.special.clone(),
-        max_context: model.network.max_context(),
+        max_context: cfg
+            .max_model_len
+            .unwrap_or(usize::MAX)
+            .min(model.network.max_context()),
         architecture: model.architecture,
         device: device.clone(),
         sampling_defaults,

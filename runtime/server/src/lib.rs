@@ -59,6 +59,8 @@ pub struct Inner {
     pub metrics: Arc<Metrics>,
     model: OnceLock<Arc<ModelInfo>>,
     keys: ApiKeys,
+    /// `--metrics-api-key`: `/metrics`'s own key (off when not given).
+    metrics_key: ApiKeys,
     limiter: RateLimiter,
     /// Failed API-key attempts per client address.
     auth_failures: RateLimiter,
@@ -87,6 +89,7 @@ impl AppState {
     pub fn new(config: RuntimeConfig, engine: EngineHandle, metrics: Arc<Metrics>) -> Self {
         Self(Arc::new(Inner {
             keys: ApiKeys::new(config.api_keys.clone()),
+            metrics_key: ApiKeys::new(config.metrics_api_key.iter().cloned().collect()),
             limiter: RateLimiter::new(config.rate_limit_requests_per_minute),
             auth_failures: RateLimiter::new(auth::AUTH_FAILURES_PER_MINUTE),
             config,
@@ -139,6 +142,17 @@ impl AppState {
                 )))
             }
         }
+    }
+
+    /// Whether `authorization` carries one of the API keys (always, when keys are off):
+    /// `/health` shows its detail only then.
+    pub(crate) fn key_holder(&self, authorization: Option<&str>) -> bool {
+        self.keys.check(authorization).is_ok()
+    }
+
+    /// `/metrics`' check: `--metrics-api-key` when given, else open.
+    pub(crate) fn check_metrics_key(&self, authorization: Option<&str>) -> Result<(), ApiError> {
+        self.metrics_key.check(authorization).map(|_| ())
     }
 
     /// Counts an in-flight inference request until the guard drops (a streaming
@@ -214,6 +228,7 @@ impl<T: DeserializeOwned> FromRequest<AppState> for ApiJson<T> {
                     }
                 }
             })?;
+        state.metrics.request_size_bytes.observe(bytes.len() as f64);
         serde_json::from_slice(&bytes)
             .map(ApiJson)
             .map_err(|e| ApiError::InvalidRequest {
@@ -286,7 +301,9 @@ const MAX_ECHOED_CHARS: usize = 256;
 /// Never the raw path, which a client could make unique per request.
 fn endpoint_label(matched: Option<&str>) -> Option<String> {
     match matched {
-        Some(route) if route.starts_with("/v1/") || route == "/generate" => Some(route.into()),
+        Some(route) if route.starts_with("/v1/") || route == "/generate" || route == "/models" => {
+            Some(route.into())
+        }
         Some(_) => None,
         None => Some("other".into()),
     }
@@ -307,6 +324,27 @@ fn request_id(header: Option<&str>) -> String {
         .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string())
 }
 
+/// The trace id of a W3C `traceparent` header (`00-<32 hex>-<16 hex>-<2 hex>`), when it is
+/// one: logged beside the request id so a request is found from the caller's trace.
+/// Anything else is ignored (never logged: it is the client's text).
+fn trace_id(header: Option<&str>) -> Option<&str> {
+    let parts: Vec<&str> = header?.trim().split('-').collect();
+    let hex = |s: &str, n: usize| s.len() == n && s.bytes().all(|b| b.is_ascii_hexdigit());
+    match parts.as_slice() {
+        [version, trace, parent, flags, ..]
+            if hex(version, 2)
+                && *version != "ff"
+                && hex(trace, 32)
+                && trace.bytes().any(|b| b != b'0')
+                && hex(parent, 16)
+                && hex(flags, 2) =>
+        {
+            Some(trace)
+        }
+        _ => None,
+    }
+}
+
 /// Request id (honoured from `x-request-id` or generated, always echoed), one JSON log
 /// line per request, and the request counters.
 async fn observe(State(state): State<AppState>, req: Request, next: Next) -> Response {
@@ -315,6 +353,12 @@ async fn observe(State(state): State<AppState>, req: Request, next: Next) -> Res
             .get("x-request-id")
             .and_then(|v| v.to_str().ok()),
     );
+    let trace_id = trace_id(
+        req.headers()
+            .get("traceparent")
+            .and_then(|v| v.to_str().ok()),
+    )
+    .map(str::to_string);
     let method = req.method().to_string();
     let path = req.uri().path().to_string();
     let endpoint = endpoint_label(
@@ -323,7 +367,7 @@ async fn observe(State(state): State<AppState>, req: Request, next: Next) -> Res
             .map(|m| m.as_str()),
     );
     let start = Instant::now();
-    let span = tracing::info_span!("request", request_id = %request_id);
+    let span = tracing::info_span!("request", request_id = %request_id, trace_id = trace_id.as_deref().unwrap_or_default());
     let mut response = next.run(req).instrument(span).await;
     if let Ok(v) = HeaderValue::from_str(&request_id) {
         response.headers_mut().insert("x-request-id", v);
@@ -334,6 +378,10 @@ async fn observe(State(state): State<AppState>, req: Request, next: Next) -> Res
         state.metrics.reject(reason.0);
     }
     if let Some(endpoint) = endpoint {
+        // Whole bodies know their size; a stream counts its own events (handlers/sse.rs).
+        if let Some(bytes) = axum::body::HttpBody::size_hint(response.body()).exact() {
+            state.metrics.response_size_bytes.observe(bytes as f64);
+        }
         state
             .metrics
             .requests
@@ -349,7 +397,7 @@ async fn observe(State(state): State<AppState>, req: Request, next: Next) -> Res
                 .request_duration
                 .observe(elapsed.as_secs_f64());
         }
-        tracing::info!(request_id = %request_id, method, path, status, elapsed_ms = elapsed.as_secs_f64() * 1e3, "request");
+        tracing::info!(request_id = %request_id, trace_id = trace_id.as_deref(), method, path, status, elapsed_ms = elapsed.as_secs_f64() * 1e3, "request");
     } else {
         tracing::debug!(request_id = %request_id, method, path, status, "request");
     }
@@ -373,6 +421,8 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/completions", post(handlers::completions))
         .route("/v1/chat/completions", post(handlers::chat_completions))
         .route("/v1/models", get(handlers::models))
+        // vLLM serves the list here too; clients written against it call it.
+        .route("/models", get(handlers::models))
         .route("/generate", post(handlers::generate))
         // Unknown routes pass the key check and rate limit too: probing them without a
         // key is a 401, and floods of them are limited like any other request.
@@ -480,5 +530,15 @@ mod tests {
         assert_eq!(request_id(Some("abc-1.2:3_x")), "abc-1.2:3_x");
         assert_eq!(request_id(Some("a\" level=\"x")).len(), 32);
         assert_eq!(request_id(Some("a\nb")).len(), 32);
+        let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        assert_eq!(trace_id(Some(tp)), Some("4bf92f3577b34da6a3ce929d0e0e4736"));
+        for bad in [
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e473\"-00f067aa0ba902b7-01",
+            "garbage",
+        ] {
+            assert_eq!(trace_id(Some(bad)), None, "{bad}");
+        }
     }
 }

@@ -17,7 +17,7 @@ use super::ModelError;
 #[value(rename_all = "lowercase")]
 pub enum DTypeChoice {
     Auto,
-    #[value(alias = "float32")]
+    #[value(aliases = ["float32", "float"])]
     F32,
     #[value(aliases = ["float16", "half"])]
     F16,

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use clap::parser::ValueSource;
 use clap::ArgMatches;
 
-use super::{defaults, ConfigLayer};
+use super::{defaults, ConfigLayer, FaultPlan};
 
 /// Where a merged value came from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -117,6 +117,9 @@ pub struct Layered {
     pub origins: BTreeMap<String, Origin>,
     /// Flags and env only (never in the file, never printed).
     pub(super) api_keys: Vec<String>,
+    pub(super) metrics_api_key: Option<String>,
+    /// Test only, flags and env only.
+    pub(super) inject_faults: Option<FaultPlan>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -203,6 +206,8 @@ pub fn merge(
         merged,
         origins,
         api_keys: flags.server.api_keys.clone().unwrap_or_default(),
+        metrics_api_key: flags.server.metrics_api_key.clone(),
+        inject_faults: flags.server.inject_faults.clone(),
     }
 }
 
@@ -260,6 +265,14 @@ impl Layered {
             out.push_str(&format!(
                 "# server.api_keys: {} given by flag or env (values hidden)\n",
                 self.api_keys.len()
+            ));
+        }
+        if self.metrics_api_key.is_some() {
+            out.push_str("# server.metrics_api_key: given by flag or env (value hidden)\n");
+        }
+        if let Some(plan) = &self.inject_faults {
+            out.push_str(&format!(
+                "# server.inject_faults: {plan:?} (TEST ONLY: forward passes will fail)\n"
             ));
         }
         out

@@ -109,6 +109,7 @@ pub struct ModelLayer {
     #[arg(
         id = "model.served_name",
         long = "served-name",
+        visible_alias = "served-model-name",
         env = "DFASTLLM_SERVED_NAME"
     )]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -122,6 +123,15 @@ pub struct ModelLayer {
     )]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub aliases: Option<Vec<String>>,
+    /// The longest prompt plus answer served, in tokens [default: the model's context].
+    /// Larger than the model's own context is an error at start.
+    #[arg(
+        id = "model.max_model_len",
+        long = "max-model-len",
+        env = "DFASTLLM_MAX_MODEL_LEN"
+    )]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_model_len: Option<usize>,
     /// auto (CUDA when built with it and a GPU answers, else CPU), cpu, cuda, cuda:N.
     #[arg(id = "model.device", long = "device", env = "DFASTLLM_DEVICE")]
     #[serde(
@@ -195,6 +205,7 @@ pub struct ServerLayer {
     #[arg(
         id = "server.max_concurrent_requests",
         long = "max-concurrent-requests",
+        visible_alias = "max-num-seqs",
         env = "DFASTLLM_MAX_CONCURRENT_REQUESTS"
     )]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -207,13 +218,24 @@ pub struct ServerLayer {
     )]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_queue: Option<usize>,
+    /// Deadline of a non-streamed request, in seconds (504 when it passes).
     #[arg(
         id = "server.request_timeout_seconds",
         long = "request-timeout-seconds",
+        visible_alias = "request-timeout",
         env = "DFASTLLM_REQUEST_TIMEOUT_SECONDS"
     )]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub request_timeout_seconds: Option<u64>,
+    /// Deadline of a streamed request, in seconds (504 in-band when it passes).
+    #[arg(
+        id = "server.request_timeout_streaming_seconds",
+        long = "request-timeout-streaming-seconds",
+        visible_alias = "request-timeout-streaming",
+        env = "DFASTLLM_REQUEST_TIMEOUT_STREAMING_SECONDS"
+    )]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub request_timeout_streaming_seconds: Option<u64>,
     /// How long SIGTERM waits for in-flight requests.
     #[arg(
         id = "server.shutdown_grace_seconds",
@@ -288,12 +310,23 @@ pub struct ServerLayer {
     #[arg(
         id = "server.api_keys",
         long = "api-keys",
+        visible_alias = "api-key",
         env = "DFASTLLM_API_KEYS",
         value_delimiter = ',',
         hide_env_values = true
     )]
     #[serde(skip)]
     pub api_keys: Option<Vec<String>>,
+    /// Bearer key `/metrics` requires (off: metrics are open, as Prometheus scrapes
+    /// expect). Flags and env only, like the API keys.
+    #[arg(
+        id = "server.metrics_api_key",
+        long = "metrics-api-key",
+        env = "DFASTLLM_METRICS_API_KEY",
+        hide_env_values = true
+    )]
+    #[serde(skip)]
+    pub metrics_api_key: Option<String>,
     /// File of API keys, one per line.
     #[arg(
         id = "server.api_keys_file",
@@ -463,6 +496,7 @@ pub fn defaults() -> ConfigLayer {
             path: Some(PathBuf::from(DEFAULT_MODEL_PATH)),
             served_name: None,
             aliases: None,
+            max_model_len: None,
             device: Some(DeviceChoice::Auto),
             dtype: Some(DTypeChoice::Auto),
             architecture: Some(ArchitectureChoice::Auto),
@@ -473,7 +507,8 @@ pub fn defaults() -> ConfigLayer {
             port: Some(8000),
             max_concurrent_requests: Some(16),
             max_queue: Some(256),
-            request_timeout_seconds: Some(300),
+            request_timeout_seconds: Some(60),
+            request_timeout_streaming_seconds: Some(300),
             shutdown_grace_seconds: Some(30),
             read_timeout_seconds: Some(10),
             max_connections: Some(1024),
@@ -483,6 +518,7 @@ pub fn defaults() -> ConfigLayer {
             inject_faults: None,
             max_body_bytes: Some(1 << 20),
             api_keys: None,
+            metrics_api_key: None,
             api_keys_file: None,
             rate_limit_requests_per_minute: Some(0),
             batch_wait_ms: Some(0),

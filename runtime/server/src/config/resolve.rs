@@ -152,6 +152,8 @@ pub struct RuntimeConfig {
     pub architecture: Option<Architecture>,
     pub served_name: String,
     pub aliases: Vec<String>,
+    /// `--max-model-len`: caps the model's context for prompts plus answers.
+    pub max_model_len: Option<usize>,
     pub device: DeviceChoice,
     pub dtype: DTypeChoice,
     pub generation_config: GenerationConfigMode,
@@ -159,7 +161,9 @@ pub struct RuntimeConfig {
     pub port: u16,
     pub max_concurrent_requests: usize,
     pub max_queue: usize,
+    /// Non-streamed requests' deadline.
     pub request_timeout_seconds: u64,
+    pub request_timeout_streaming_seconds: u64,
     pub shutdown_grace_seconds: u64,
     pub read_timeout_seconds: u64,
     pub max_connections: usize,
@@ -170,6 +174,8 @@ pub struct RuntimeConfig {
     pub inject_faults: FaultPlan,
     pub max_body_bytes: usize,
     pub api_keys: Vec<String>,
+    /// `/metrics`'s own bearer key, when metrics are not public.
+    pub metrics_api_key: Option<String>,
     pub rate_limit_requests_per_minute: u32,
     pub batch_wait_ms: u64,
     pub decoding: DecodingDefaults,
@@ -207,6 +213,7 @@ impl RuntimeConfig {
             },
             served_name,
             aliases: m.aliases.clone().unwrap_or_default(),
+            max_model_len: m.max_model_len,
             device: m.device.unwrap_or(DeviceChoice::Auto),
             dtype: m.dtype.unwrap_or(DTypeChoice::Auto),
             generation_config: m.generation_config.unwrap_or_default(),
@@ -215,15 +222,19 @@ impl RuntimeConfig {
             max_concurrent_requests: s.max_concurrent_requests.unwrap_or_default(),
             max_queue: s.max_queue.unwrap_or_default(),
             request_timeout_seconds: s.request_timeout_seconds.unwrap_or_default(),
+            request_timeout_streaming_seconds: s
+                .request_timeout_streaming_seconds
+                .unwrap_or_default(),
             shutdown_grace_seconds: s.shutdown_grace_seconds.unwrap_or_default(),
             read_timeout_seconds: s.read_timeout_seconds.unwrap_or_default(),
             max_connections: s.max_connections.unwrap_or_default(),
             special_tokens_in_content: s.special_tokens_in_content.unwrap_or_default(),
             breaker_failure_threshold: s.breaker_failure_threshold.unwrap_or_default(),
             breaker_recovery_seconds: s.breaker_recovery_seconds.unwrap_or_default(),
-            inject_faults: s.inject_faults.clone().unwrap_or_default(),
+            inject_faults: l.inject_faults.clone().unwrap_or_default(),
             max_body_bytes: s.max_body_bytes.unwrap_or_default(),
             api_keys,
+            metrics_api_key: l.metrics_api_key.clone().filter(|k| !k.trim().is_empty()),
             rate_limit_requests_per_minute: s.rate_limit_requests_per_minute.unwrap_or_default(),
             batch_wait_ms: s.batch_wait_ms.unwrap_or_default(),
             decoding: DecodingDefaults::resolve(l)?,
@@ -240,6 +251,13 @@ impl RuntimeConfig {
             "server.request_timeout_seconds",
             cfg.request_timeout_seconds,
         )?;
+        at_least_one(
+            "server.request_timeout_streaming_seconds",
+            cfg.request_timeout_streaming_seconds,
+        )?;
+        if let Some(len) = cfg.max_model_len {
+            at_least_one("model.max_model_len", len as u64)?;
+        }
         Ok(cfg)
     }
 

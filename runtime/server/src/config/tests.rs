@@ -57,6 +57,66 @@ fn the_operator_contract_fixture_parses() {
     );
     assert_eq!(cfg.decoding.kv_cache, KvCacheMode::Dual);
     assert_eq!(cfg.decoding.mor, None, "mor.enabled = false");
+    assert_eq!(
+        (cfg.breaker_failure_threshold, cfg.breaker_recovery_seconds),
+        (5, 20)
+    );
+}
+
+#[test]
+fn vllm_flag_names_are_accepted_and_flag_only_values_survive_the_merge() {
+    let cfg = resolve(
+        &[
+            "--served-model-name",
+            "m",
+            "--max-num-seqs",
+            "3",
+            "--max-model-len",
+            "512",
+            "--dtype",
+            "half",
+            "--api-key",
+            "k1",
+            "--request-timeout",
+            "7",
+            "--request-timeout-streaming",
+            "9",
+            "--metrics-api-key",
+            "scrape",
+            "--inject-faults",
+            "oom@2",
+        ],
+        "",
+    )
+    .unwrap();
+    assert_eq!(cfg.served_name, "m");
+    assert_eq!(cfg.max_concurrent_requests, 3);
+    assert_eq!(cfg.max_model_len, Some(512));
+    assert_eq!(cfg.dtype, DTypeChoice::F16);
+    assert_eq!(cfg.api_keys, ["k1"]);
+    assert_eq!(
+        (
+            cfg.request_timeout_seconds,
+            cfg.request_timeout_streaming_seconds
+        ),
+        (7, 9)
+    );
+    assert_eq!(cfg.metrics_api_key.as_deref(), Some("scrape"));
+    assert_eq!(cfg.inject_faults, "oom@2".parse().unwrap());
+    let defaults = resolve(&[], "").unwrap();
+    assert_eq!(
+        (
+            defaults.request_timeout_seconds,
+            defaults.request_timeout_streaming_seconds
+        ),
+        (60, 300),
+        "separate tiers for whole and streamed answers"
+    );
+    assert!(defaults.inject_faults.is_empty());
+    // The test-only flag is not in --help.
+    let help = Flags::command().render_long_help().to_string();
+    assert!(!help.contains("inject-faults"), "{help}");
+    assert!(help.contains("max-num-seqs"));
 }
 
 #[test]

@@ -53,6 +53,9 @@ pub struct Running {
     pub index: usize,
     stops: Vec<String>,
     started: Instant,
+    /// The request's deadline tier: `--request-timeout-streaming-seconds` for a stream,
+    /// `--request-timeout-seconds` otherwise.
+    timeout_seconds: u64,
     events: UnboundedReceiver<Event>,
 }
 
@@ -165,7 +168,7 @@ pub fn account(state: &AppState, prompt_tokens: usize, outcomes: &[Outcome]) {
 /// Queues every choice of `job` in the engine, or none: a request that can never fit
 /// (more answers than the queue holds) is a 400 naming `n` or `prompt`; one that does
 /// not fit now is a 429 with `Retry-After`, both before any answer (or stream) starts.
-pub fn submit(state: &AppState, job: Job) -> Result<Vec<Running>, ApiError> {
+pub fn submit(state: &AppState, job: Job, stream: bool) -> Result<Vec<Running>, ApiError> {
     let capacity = state.engine.capacity();
     let wanted = job.choices.len();
     if wanted > capacity {
@@ -178,7 +181,12 @@ pub fn submit(state: &AppState, job: Job) -> Result<Vec<Running>, ApiError> {
             ),
         ));
     }
-    let timeout = Duration::from_secs(state.config.request_timeout_seconds);
+    let timeout_seconds = if stream {
+        state.config.request_timeout_streaming_seconds
+    } else {
+        state.config.request_timeout_seconds
+    };
+    let timeout = Duration::from_secs(timeout_seconds);
     let mut running = Vec::with_capacity(wanted);
     let mut submissions = Vec::with_capacity(wanted);
     for choice in job.choices {
@@ -192,6 +200,7 @@ pub fn submit(state: &AppState, job: Job) -> Result<Vec<Running>, ApiError> {
             index: choice.index,
             stops: choice.stops,
             started: choice.started,
+            timeout_seconds,
             events: rx,
         });
     }
@@ -220,9 +229,9 @@ pub async fn run_choice(
         index,
         stops,
         started,
+        timeout_seconds: timeout,
         events: mut rx,
     } = choice;
-    let timeout = state.config.request_timeout_seconds;
     let deadline = started + Duration::from_secs(timeout);
     let mut text = TextAssembler::new(&info.tokenizer, &stops);
     let mut settled: Vec<u32> = Vec::new();

@@ -35,7 +35,7 @@ async fn respond(
     let guard = state.track();
     let prompt_tokens = job.prompt_tokens;
     // Queued before a stream starts: a refusal is an HTTP status, not an in-band error.
-    let running = submit(&state, job)?;
+    let running = submit(&state, job, stream)?;
     if !stream {
         let runs = running
             .into_iter()
@@ -312,7 +312,19 @@ pub struct Queue {
     capacity: usize,
 }
 
-pub async fn health(State(state): State<AppState>) -> Json<Health> {
+/// The `Authorization` header's text, if it is text.
+fn authorization(headers: &axum::http::HeaderMap) -> Option<&str> {
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+}
+
+/// Liveness for anyone; the detail (model, device, queue, breaker) only for a key
+/// holder when API keys are on: a bare `{"status": "ok"}` to everyone else.
+pub async fn health(State(state): State<AppState>, headers: axum::http::HeaderMap) -> Response {
+    if !state.key_holder(authorization(&headers)) {
+        return Json(serde_json::json!({"status": "ok"})).into_response();
+    }
     let gpu = gpu(&state);
     let info = state.model.get();
     Json(Health {
@@ -332,6 +344,7 @@ pub async fn health(State(state): State<AppState>) -> Json<Health> {
         max_concurrent_requests: state.config.max_concurrent_requests,
         circuit_breaker: state.engine.breaker_state().name(),
     })
+    .into_response()
 }
 
 #[derive(Serialize)]
@@ -350,7 +363,10 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
     (code, Json(Readiness { status })).into_response()
 }
 
-pub async fn metrics(State(state): State<AppState>) -> Response {
+pub async fn metrics(State(state): State<AppState>, headers: axum::http::HeaderMap) -> Response {
+    if let Err(e) = state.check_metrics_key(authorization(&headers)) {
+        return e.into_response();
+    }
     state
         .metrics
         .requests_waiting

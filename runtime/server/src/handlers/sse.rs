@@ -74,7 +74,19 @@ struct StreamState {
     frames: Frames,
     pending: VecDeque<String>,
     finished: bool,
+    /// Bytes of the events sent so far (`data: ` and the blank line included).
+    sent_bytes: usize,
     _guard: InflightGuard,
+}
+
+impl Drop for StreamState {
+    /// Ended or cut by the client: the stream's size is what it sent.
+    fn drop(&mut self) {
+        self.state
+            .metrics
+            .response_size_bytes
+            .observe(self.sent_bytes as f64);
+    }
 }
 
 pub fn sse(
@@ -89,11 +101,13 @@ pub fn sse(
         frames,
         pending: VecDeque::new(),
         finished: false,
+        sent_bytes: 0,
         _guard: guard,
     };
     let stream = futures::stream::unfold(init, |mut st| async move {
         loop {
             if let Some(data) = st.pending.pop_front() {
+                st.sent_bytes += data.len() + "data: \n\n".len();
                 return Some((Ok(SseEvent::default().data(data)), st));
             }
             if st.finished {
