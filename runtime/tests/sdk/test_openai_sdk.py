@@ -48,15 +48,17 @@ BUNDLED_AR = os.path.join(MODELS, "dfastllm-tiny-ar")
 
 
 class Server:
-    def __init__(self, arch, *extra, demo_args=(), model_dir=None):
+    # `names` replaces the served name, alias and key flags (the vLLM spellings test).
+    def __init__(self, arch, *extra, demo_args=(), model_dir=None, names=None):
         self.dir = tempfile.TemporaryDirectory()
         model = model_dir or os.path.join(self.dir.name, arch)
         if model_dir is None:
             subprocess.run([BIN, "demo-model", "--arch", arch, "--out", model, "--max-context", "512", *demo_args],
                            check=True, capture_output=True)
         self.proc = subprocess.Popen(
-            [BIN, "serve", "--model", model, "--served-name", f"{arch}-demo", "--aliases", "gpt-3.5-turbo",
-             "--host", "127.0.0.1", "--port", "0", "--api-keys", KEY, *extra],
+            [BIN, "serve", "--model", model,
+             *(names or ["--served-name", f"{arch}-demo", "--aliases", "gpt-3.5-turbo", "--api-keys", KEY]),
+             "--host", "127.0.0.1", "--port", "0", *extra],
             stdout=subprocess.PIPE, text=True)
         for line in self.proc.stdout:
             try:
@@ -200,7 +202,11 @@ def test_concurrent_requests_are_batched(server):
 
 
 def test_curl(server):
+    # With keys on, /health tells an anonymous caller only that the process lives.
     out = subprocess.run(["curl", "-sS", server.base + "/health"], capture_output=True, text=True, check=True)
+    assert json.loads(out.stdout) == {"status": "ok"}
+    out = subprocess.run(["curl", "-sS", server.base + "/health", "-H", f"Authorization: Bearer {KEY}"],
+                         capture_output=True, text=True, check=True)
     assert json.loads(out.stdout)["ready"] is True
     out = subprocess.run(
         ["curl", "-sS", "-N", server.base + "/v1/completions", "-H", f"Authorization: Bearer {KEY}",
@@ -242,7 +248,7 @@ def test_timeout_is_504_and_draining_is_503():
 
     # A grace period far longer than the request needs even on a busy CI machine (the
     # CUDA build may run beside these tests), so the drain, not the clock, decides.
-    s = Server("llada", "--shutdown-grace-seconds", "600",
+    s = Server("llada", "--shutdown-grace-seconds", "600", "--request-timeout-seconds", "600",
                demo_args=("--layers", "4", "--hidden", "256", "--heads", "8"))
     try:
         results = {}
@@ -525,3 +531,27 @@ def test_real_qwen2_5_metadata_chats_with_tools_and_its_sampling_defaults():
                 assert r.choices[0].finish_reason in ("stop", "length")
         finally:
             s.close()
+
+
+def test_vllm_flag_names():
+    # A vLLM command line's names: the server starts and behaves as its flags say.
+    s = Server("llama", "--max-num-seqs", "2", "--max-model-len", "64", "--dtype", "float",
+               "--request-timeout", "30", "--request-timeout-streaming", "30",
+               names=["--served-model-name", "served-by-vllm-name", "--api-key", KEY])
+    try:
+        assert [m.id for m in s.client.models.list().data] == ["served-by-vllm-name"]
+        r = s.client.completions.create(model="served-by-vllm-name", prompt="Hello", max_tokens=4)
+        assert r.choices[0].text is not None
+        # --max-model-len 64 caps prompt + answer below the demo model's 512.
+        with pytest.raises(openai.BadRequestError) as e:
+            s.client.completions.create(model="served-by-vllm-name", prompt="Hello", max_tokens=80)
+        assert e.value.status_code == 400
+        req = urllib.request.Request(s.base + "/health", headers={"Authorization": f"Bearer {KEY}"})
+        with urllib.request.urlopen(req) as h:
+            assert json.loads(h.read())["max_concurrent_requests"] == 2
+        # vLLM's /models beside /v1/models.
+        req = urllib.request.Request(s.base + "/models", headers={"Authorization": f"Bearer {KEY}"})
+        with urllib.request.urlopen(req) as m:
+            assert json.loads(m.read())["data"][0]["id"] == "served-by-vllm-name"
+    finally:
+        s.close()
