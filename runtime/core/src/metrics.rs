@@ -56,6 +56,9 @@ pub struct Metrics {
     pub oom_batch_halvings: Counter,
     pub request_size_bytes: Histogram,
     pub response_size_bytes: Histogram,
+    pub idempotent_replays: Counter,
+    pub idempotency_cache_bytes: Gauge,
+    pub idempotency_waiting: Gauge,
 }
 
 impl Default for Metrics {
@@ -91,6 +94,9 @@ impl Metrics {
             // 64 B to 16 MiB: a one-word prompt to a body at any sane limit.
             request_size_bytes: Histogram::new(exponential_buckets(64.0, 4.0, 10)),
             response_size_bytes: Histogram::new(exponential_buckets(64.0, 4.0, 10)),
+            idempotent_replays: Counter::default(),
+            idempotency_cache_bytes: Gauge::default(),
+            idempotency_waiting: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -197,6 +203,21 @@ impl Metrics {
             "response_size_bytes",
             "Inference response body sizes (streams: every event's bytes)",
             m.response_size_bytes.clone(),
+        );
+        registry.register(
+            "idempotent_replays",
+            "Requests answered with the remembered response of their Idempotency-Key",
+            m.idempotent_replays.clone(),
+        );
+        registry.register(
+            "idempotency_cache_bytes",
+            "Bytes of responses remembered for Idempotency-Key repeats",
+            m.idempotency_cache_bytes.clone(),
+        );
+        registry.register(
+            "idempotency_waiting",
+            "Repeats waiting for the first request with their Idempotency-Key to finish",
+            m.idempotency_waiting.clone(),
         );
         registry.register(
             "build",

@@ -45,6 +45,9 @@ pub enum ApiError {
         "the model is failing and the circuit breaker is open; retry in {retry_after_seconds} s"
     )]
     CircuitOpen { retry_after_seconds: u64 },
+    /// An `Idempotency-Key` seen before with a different request body.
+    #[error("this Idempotency-Key was used with a different request body; send a new key for a new request")]
+    IdempotencyConflict,
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -70,6 +73,7 @@ impl ApiError {
             }
             Self::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
             Self::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
+            Self::IdempotencyConflict => StatusCode::UNPROCESSABLE_ENTITY,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -80,7 +84,8 @@ impl ApiError {
             Self::InvalidRequest { .. }
             | Self::BodyTooLarge(_)
             | Self::MethodNotAllowed(_)
-            | Self::BodyTimeout(_) => "invalid_request_error",
+            | Self::BodyTimeout(_)
+            | Self::IdempotencyConflict => "invalid_request_error",
             Self::Unauthorized(_) => "authentication_error",
             Self::ModelNotFound(_) | Self::RouteNotFound(_) => "not_found_error",
             Self::RateLimited { .. } | Self::QueueFull => "rate_limit_error",
@@ -104,6 +109,7 @@ impl ApiError {
             Self::BodyTimeout(_) => Some("request_timeout"),
             Self::ModelFailed(_) => Some("model_failed"),
             Self::CircuitOpen { .. } => Some("circuit_open"),
+            Self::IdempotencyConflict => Some("idempotency_key_reused"),
             _ => None,
         }
     }
@@ -123,6 +129,7 @@ impl ApiError {
             Self::BodyTimeout(_) => "body_timeout",
             Self::ModelFailed(_) => "model_failed",
             Self::CircuitOpen { .. } => "circuit_open",
+            Self::IdempotencyConflict => "idempotency_conflict",
             Self::Internal(_) => "internal",
         }
     }
@@ -131,6 +138,7 @@ impl ApiError {
     pub fn body(&self) -> serde_json::Value {
         let param = match self {
             Self::InvalidRequest { param, .. } => param.clone(),
+            Self::IdempotencyConflict => Some("Idempotency-Key".into()),
             _ => None,
         };
         json!({"error": {"message": self.to_string(), "type": self.kind(), "param": param, "code": self.code()}})

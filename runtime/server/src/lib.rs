@@ -8,6 +8,7 @@ pub mod auth;
 pub mod config;
 pub mod errors;
 mod handlers;
+mod idempotency;
 pub mod launch;
 mod listen;
 pub mod openai;
@@ -62,6 +63,8 @@ pub struct Inner {
     /// `--metrics-api-key`: `/metrics`'s own key (off when not given).
     metrics_key: ApiKeys,
     limiter: RateLimiter,
+    /// Remembered answers for `Idempotency-Key` repeats (off when the TTL is 0).
+    idempotency: Option<Arc<idempotency::Idempotency>>,
     /// Failed API-key attempts per client address.
     auth_failures: RateLimiter,
     draining: AtomicBool,
@@ -91,6 +94,11 @@ impl AppState {
             keys: ApiKeys::new(config.api_keys.clone()),
             metrics_key: ApiKeys::new(config.metrics_api_key.iter().cloned().collect()),
             limiter: RateLimiter::new(config.rate_limit_requests_per_minute),
+            idempotency: idempotency::Idempotency::new(
+                config.idempotency_ttl_seconds,
+                config.idempotency_max_bytes,
+                metrics.clone(),
+            ),
             auth_failures: RateLimiter::new(auth::AUTH_FAILURES_PER_MINUTE),
             config,
             engine,
@@ -203,31 +211,7 @@ impl<T: DeserializeOwned> FromRequest<AppState> for ApiJson<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &AppState) -> Result<Self, ApiError> {
-        let limit = state.config.max_body_bytes;
-        // A declared length over the limit is refused before waiting for a byte of it:
-        // `Content-Length: 10^12` with no body would otherwise hold the request open.
-        let declared = req
-            .headers()
-            .get(axum::http::header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok());
-        if declared.is_some_and(|n| n > limit as u64) {
-            return Err(ApiError::BodyTooLarge(limit));
-        }
-        let deadline = Duration::from_secs(state.config.read_timeout_seconds);
-        let read = tokio::time::timeout(deadline, Bytes::from_request(req, state)).await;
-        let bytes = read
-            .map_err(|_| ApiError::BodyTimeout(state.config.read_timeout_seconds))?
-            .map_err(|rejection| {
-                if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                    ApiError::BodyTooLarge(limit)
-                } else {
-                    ApiError::InvalidRequest {
-                        message: format!("could not read the request body: {rejection}"),
-                        param: None,
-                    }
-                }
-            })?;
+        let bytes = read_body(req, state).await?;
         state.metrics.request_size_bytes.observe(bytes.len() as f64);
         serde_json::from_slice(&bytes)
             .map(ApiJson)
@@ -236,6 +220,35 @@ impl<T: DeserializeOwned> FromRequest<AppState> for ApiJson<T> {
                 param: None,
             })
     }
+}
+
+/// A request's whole body, within `--max-body-bytes` (413) and `--read-timeout-seconds`
+/// (408).
+pub(crate) async fn read_body(req: Request, state: &AppState) -> Result<Bytes, ApiError> {
+    let limit = state.config.max_body_bytes;
+    // A declared length over the limit is refused before waiting for a byte of it:
+    // `Content-Length: 10^12` with no body would otherwise hold the request open.
+    let declared = req
+        .headers()
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(ApiError::BodyTooLarge(limit));
+    }
+    let deadline = Duration::from_secs(state.config.read_timeout_seconds);
+    let read = tokio::time::timeout(deadline, Bytes::from_request(req, state)).await;
+    read.map_err(|_| ApiError::BodyTimeout(state.config.read_timeout_seconds))?
+        .map_err(|rejection| {
+            if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::BodyTooLarge(limit)
+            } else {
+                ApiError::InvalidRequest {
+                    message: format!("could not read the request body: {rejection}"),
+                    param: None,
+                }
+            }
+        })
 }
 
 /// A serde message in the API's terms: what the client sent wrong, not which Rust type
@@ -264,7 +277,7 @@ fn api_terms(message: &str) -> String {
 }
 
 /// Drain state, API key and rate limit, in that order, for inference routes.
-async fn admission(State(state): State<AppState>, req: Request, next: Next) -> Response {
+async fn admission(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
     let client = req
         .extensions()
         .get::<ConnectInfo<SocketAddr>>()
@@ -281,7 +294,11 @@ async fn admission(State(state): State<AppState>, req: Request, next: Next) -> R
         match state.keys.check(authorization.as_deref()) {
             // Keys identify clients when they are on (by which key, not its spelling);
             // addresses otherwise.
-            Ok(Some(key)) => state.limiter.check(&format!("key {key}")),
+            Ok(Some(key)) => {
+                req.extensions_mut()
+                    .insert(idempotency::ClientKey(Some(key)));
+                state.limiter.check(&format!("key {key}"))
+            }
             Ok(None) => state.limiter.check(&format!("address {client}")),
             // Guessing keys is rate limited per address, whatever the limit for clients.
             Err(e) => state.auth_failures.check(&client).and(Err(e)),
@@ -428,6 +445,9 @@ pub fn router(state: AppState) -> Router {
         // key is a 401, and floods of them are limited like any other request.
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        // Inside admission: a refused request never claims a key, and the key that
+        // admitted it scopes its idempotency key.
+        .layer(from_fn_with_state(state.clone(), idempotency::idempotency))
         .layer(from_fn_with_state(state.clone(), admission));
     Router::new()
         .merge(inference)

@@ -555,3 +555,18 @@ def test_vllm_flag_names():
             assert json.loads(m.read())["data"][0]["id"] == "served-by-vllm-name"
     finally:
         s.close()
+
+
+def test_idempotency_key_replays(server):
+    # A retry after a dropped connection: the SDK sends the same key and body again.
+    key = {"Idempotency-Key": f"sdk-{server.base}-1"}
+    args = dict(model="gpt-3.5-turbo", prompt="Hello", max_tokens=8, temperature=1.0, extra_headers=key)
+    first = server.client.completions.with_raw_response.create(**args)
+    again = server.client.completions.with_raw_response.create(**args)
+    assert first.headers.get("idempotent-replayed") is None
+    assert again.headers.get("idempotent-replayed") == "true"
+    a, b = first.parse(), again.parse()
+    assert (a.id, a.choices[0].text) == (b.id, b.choices[0].text)
+    with pytest.raises(openai.UnprocessableEntityError) as e:
+        server.client.completions.create(**{**args, "prompt": "Bye"})
+    assert e.value.status_code == 422

@@ -261,6 +261,23 @@ pub struct ServerLayer {
     )]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_connections: Option<usize>,
+    /// How long a completed `Idempotency-Key` request is remembered, in seconds; 0 turns
+    /// idempotency keys off.
+    #[arg(
+        id = "server.idempotency_ttl_seconds",
+        long = "idempotency-ttl-seconds",
+        env = "DFASTLLM_IDEMPOTENCY_TTL_SECONDS"
+    )]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub idempotency_ttl_seconds: Option<u64>,
+    /// Bytes of remembered responses kept for idempotency keys (the oldest go first).
+    #[arg(
+        id = "server.idempotency_max_bytes",
+        long = "idempotency-max-bytes",
+        env = "DFASTLLM_IDEMPOTENCY_MAX_BYTES"
+    )]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub idempotency_max_bytes: Option<usize>,
     /// Special-token text typed in prompts and messages: parse (control tokens, as
     /// transformers and vLLM do) or text (only the chat template writes specials).
     #[arg(
@@ -512,6 +529,8 @@ pub fn defaults() -> ConfigLayer {
             shutdown_grace_seconds: Some(30),
             read_timeout_seconds: Some(10),
             max_connections: Some(1024),
+            idempotency_ttl_seconds: Some(600),
+            idempotency_max_bytes: Some(32 << 20),
             special_tokens_in_content: Some(SpecialsInContent::Parse),
             breaker_failure_threshold: Some(5),
             breaker_recovery_seconds: Some(30),

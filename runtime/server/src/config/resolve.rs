@@ -167,6 +167,9 @@ pub struct RuntimeConfig {
     pub shutdown_grace_seconds: u64,
     pub read_timeout_seconds: u64,
     pub max_connections: usize,
+    /// 0: idempotency keys are off.
+    pub idempotency_ttl_seconds: u64,
+    pub idempotency_max_bytes: usize,
     pub special_tokens_in_content: SpecialsInContent,
     pub breaker_failure_threshold: u32,
     pub breaker_recovery_seconds: u64,
@@ -228,6 +231,8 @@ impl RuntimeConfig {
             shutdown_grace_seconds: s.shutdown_grace_seconds.unwrap_or_default(),
             read_timeout_seconds: s.read_timeout_seconds.unwrap_or_default(),
             max_connections: s.max_connections.unwrap_or_default(),
+            idempotency_ttl_seconds: s.idempotency_ttl_seconds.unwrap_or_default(),
+            idempotency_max_bytes: s.idempotency_max_bytes.unwrap_or_default(),
             special_tokens_in_content: s.special_tokens_in_content.unwrap_or_default(),
             breaker_failure_threshold: s.breaker_failure_threshold.unwrap_or_default(),
             breaker_recovery_seconds: s.breaker_recovery_seconds.unwrap_or_default(),
