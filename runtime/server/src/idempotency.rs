@@ -136,30 +136,25 @@ impl Idempotency {
             table.remove(&slot);
             self.metrics.idempotency_cache_bytes.set(table.bytes as i64);
         }
-        match table.entries.get(&slot) {
+        let seen = match table.entries.get(&slot) {
             Some(Entry::Done {
                 fingerprint: f,
                 recorded,
                 ..
-            }) => {
-                return if *f == fingerprint {
-                    Claim::Replay(recorded.clone())
-                } else {
-                    Claim::Conflict
-                };
-            }
+            }) => Some((*f, Claim::Replay(recorded.clone()))),
             Some(Entry::Running {
                 fingerprint: f,
                 done,
                 ..
-            }) => {
-                return if *f == fingerprint {
-                    Claim::Wait(done.clone())
-                } else {
-                    Claim::Conflict
-                };
-            }
-            None => {}
+            }) => Some((*f, Claim::Wait(done.clone()))),
+            None => None,
+        };
+        if let Some((f, claim)) = seen {
+            return if f == fingerprint {
+                claim
+            } else {
+                Claim::Conflict
+            };
         }
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = watch::channel(None);
