@@ -76,3 +76,69 @@ def train_stream(seed, exclude):
         ex = example(rng)
         if ex["prompt"] not in exclude:
             yield ex
+
+
+# The tool task, for the autoregressive model only: a chat whose template lists an `add`
+# tool (scripts/train/tool_chat_template.jinja). Given the tool, the model answers
+# `add A+B=` with a Hermes-style call `<tool_call>\n{"name": "add", "arguments": {"a": A,
+# "b": B}}\n</tool_call>`; given the tool's result in a `tool` message, it answers with the
+# result. The calls are what the runtime parses into OpenAI `tool_calls`.
+ADD_TOOL = {
+    "type": "function",
+    "function": {
+        "name": "add",
+        "description": "Add two integers.",
+        "parameters": {
+            "type": "object",
+            "properties": {"a": {"type": "integer"}, "b": {"type": "integer"}},
+            "required": ["a", "b"],
+        },
+    },
+}
+
+
+def tool_call_text(a, b):
+    import json
+
+    return "<tool_call>\n" + json.dumps({"name": "add", "arguments": {"a": a, "b": b}}) + "\n</tool_call>"
+
+
+def tool_example(rng, exclude):
+    """One turn of the tool conversation: the call (first turn) or the answer (second)."""
+    while True:
+        prompt, answer = add_example(rng)
+        if prompt not in exclude:
+            break
+    return tool_turn(prompt, answer, rng.random() < 0.5)
+
+
+def tool_turn(prompt, answer, first):
+    """The first turn (the call) or the second (the answer from the tool's result) of the
+    tool conversation about `add` prompt `prompt` whose sum is `answer`."""
+    a, b = (int(x) for x in prompt[len("add "):-1].split("+"))
+    user = {"role": "user", "content": prompt}
+    if first:
+        return {"kind": "tool_call", "messages": [user], "answer": tool_call_text(a, b)}
+    call = {
+        "id": "call_0",
+        "type": "function",
+        "function": {"name": "add", "arguments": {"a": a, "b": b}},
+    }
+    messages = [
+        user,
+        {"role": "assistant", "content": "", "tool_calls": [call]},
+        {"role": "tool", "tool_call_id": "call_0", "content": answer},
+    ]
+    return {"kind": "tool_answer", "messages": messages, "answer": answer}
+
+
+def ar_train_stream(seed, exclude, tool_share):
+    """The autoregressive model's examples: the plain tasks and, `tool_share` of the time,
+    a tool conversation."""
+    rng = random.Random(seed)
+    plain = train_stream(seed + 1, exclude)
+    while True:
+        if rng.random() < tool_share:
+            yield tool_example(rng, exclude)
+        else:
+            yield next(plain)

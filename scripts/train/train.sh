@@ -3,6 +3,8 @@
 # from the parity venv; about 22 minutes for the diffusion model and 5 for the
 # autoregressive one on 2 cores). Deterministic for a given seed and thread count.
 #   scripts/train/train.sh [extra train_tiny.py flags]
+# `--only-ar --ar-steps 3000` retrains only the autoregressive model (plain tasks plus the
+# tool-calling chats, about 35 minutes on 2 cores), keeping the diffusion model.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 cargo build --release --quiet -p dfastllm-runtime --bin dfastllm

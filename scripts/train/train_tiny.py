@@ -22,6 +22,7 @@ import math
 import os
 import shutil
 import sys
+import tempfile
 import time
 
 import torch
@@ -61,6 +62,59 @@ class ByteCodec:
         return list(text.encode("ascii"))
 
 
+TOOL_TOKENS = ("<tool_call>", "</tool_call>")
+TOOL_TEMPLATE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "tool_chat_template.jinja")
+
+
+def write_tool_tokenizer(skeleton, out):
+    """The autoregressive model's tokenizer: the skeleton's, plus Qwen's `<tool_call>` and
+    `</tool_call>` as added (not special) tokens in the two spare ids below vocab_size, and
+    a chat template that carries tools (tool_chat_template.jinja)."""
+    from tokenizers import AddedToken, Tokenizer
+
+    tok = Tokenizer.from_file(os.path.join(skeleton, "tokenizer.json"))
+    tok.add_tokens([AddedToken(t, special=False, normalized=False) for t in TOOL_TOKENS])
+    with open(os.path.join(skeleton, "config.json")) as f:
+        vocab = json.load(f)["vocab_size"]
+    ids = [tok.token_to_id(t) for t in TOOL_TOKENS]
+    if max(ids) >= vocab:
+        raise SystemExit(f"no spare ids for the tool tokens below vocab_size {vocab}: {ids}")
+    tok.save(os.path.join(out, "tokenizer.json"))
+    with open(os.path.join(skeleton, "tokenizer_config.json")) as f:
+        cfg = json.load(f)
+    with open(TOOL_TEMPLATE) as f:
+        cfg["chat_template"] = f.read()
+    with open(os.path.join(out, "tokenizer_config.json"), "w") as f:
+        json.dump(cfg, f, indent=2)
+        f.write("\n")
+
+
+class ChatEncoder:
+    """Chat examples to token ids through transformers' own `apply_chat_template` (the
+    reference the runtime's template rendering must agree with)."""
+
+    def __init__(self, tokenizer_dir):
+        from transformers import PreTrainedTokenizerFast
+
+        self.tok = PreTrainedTokenizerFast.from_pretrained(tokenizer_dir)
+
+    def prompt_ids(self, messages):
+        text = self.tok.apply_chat_template(
+            messages, tools=[tasks.ADD_TOOL], add_generation_prompt=True, tokenize=False
+        )
+        return self.tok(text, add_special_tokens=False)["input_ids"]
+
+    def text_ids(self, text):
+        return self.tok(text, add_special_tokens=False)["input_ids"]
+
+
+def to_ids(codec, chat, example):
+    """(prompt ids, answer ids without EOS) of a plain or a chat example."""
+    if "messages" in example:
+        return chat.prompt_ids(example["messages"]), chat.text_ids(example["answer"])
+    return codec.encode(example["prompt"]), codec.encode(example["answer"])
+
+
 def build_model(vocab, hidden, layers, heads, intermediate, max_pos):
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -86,22 +140,26 @@ def build_model(vocab, hidden, layers, heads, intermediate, max_pos):
     return LlamaForCausalLM(cfg)
 
 
-def batch_tensors(codec, examples, gen_length):
-    """Left-padded [prompt | answer + EOS padding] rows with key mask and positions."""
-    prompts = [codec.encode(e["prompt"]) for e in examples]
+def batch_tensors(codec, examples, gen_length, chat=None):
+    """Left-padded [prompt | answer + EOS padding] rows with key mask and positions;
+    `gen_length` None pads answers only to the longest in the batch (autoregressive)."""
+    pairs = [to_ids(codec, chat, e) for e in examples]
+    prompts = [p for p, _ in pairs]
+    if gen_length is None:
+        gen_length = max(len(a) for _, a in pairs) + 1
     answers = []
-    for e in examples:
-        a = codec.encode(e["answer"]) + [codec.eos]
+    for (_, a), e in zip(pairs, examples):
+        a = a + [codec.eos]
         if len(a) > gen_length:
             raise SystemExit(f"answer longer than --gen-length: {e}")
         answers.append(a + [codec.eos] * (gen_length - len(a)))
     p_max = max(len(p) for p in prompts)
     rows, keep, ans_len = [], [], []
-    for p, a, e in zip(prompts, answers, examples):
+    for p, a, (_, raw) in zip(prompts, answers, pairs):
         pad = p_max - len(p)
         rows.append([codec.pad] * pad + p + a)
         keep.append([0] * pad + [1] * (len(p) + gen_length))
-        ans_len.append(len(codec.encode(e["answer"])) + 1)
+        ans_len.append(len(raw) + 1)
     ids = torch.tensor(rows, dtype=torch.long)
     keep = torch.tensor(keep, dtype=torch.bool)
     positions = (keep.long().cumsum(-1) - 1).clamp(min=0)
@@ -162,7 +220,7 @@ def train_diffusion(model, codec, stream, args):
     model.eval()
 
 
-def train_ar(model, codec, stream, args):
+def train_ar(model, codec, chat, stream, args):
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01, betas=(0.9, 0.98))
     model.train()
     t0, ema = time.time(), None
@@ -170,7 +228,7 @@ def train_ar(model, codec, stream, args):
         for g in opt.param_groups:
             g["lr"] = lr_at(step, args.ar_steps, args.lr, args.warmup)
         examples = [next(stream) for _ in range(args.batch)]
-        ids, keep, positions, p_max, ans_len = batch_tensors(codec, examples, args.gen_length)
+        ids, keep, positions, p_max, ans_len = batch_tensors(codec, examples, None, chat)
         logits = model(
             input_ids=ids, attention_mask=causal_bias(keep), position_ids=positions
         ).logits
@@ -215,10 +273,10 @@ def greedy_diffusion_accuracy(model, codec, examples, gen_length):
 
 
 @torch.inference_mode()
-def greedy_ar_accuracy(model, codec, examples, gen_length):
+def greedy_ar_accuracy(model, codec, examples, gen_length, chat=None):
     ok = 0
     for e in examples:
-        x = codec.encode(e["prompt"])
+        x, want = to_ids(codec, chat, e)
         out = []
         for _ in range(gen_length):
             logits = model(input_ids=torch.tensor([x + out])).logits[0, -1]
@@ -226,7 +284,7 @@ def greedy_ar_accuracy(model, codec, examples, gen_length):
             if t == codec.eos:
                 break
             out.append(t)
-        ok += bytes(b for b in out if b < 256).decode("ascii", "replace") == e["answer"]
+        ok += out == want
     return ok / len(examples)
 
 
@@ -279,7 +337,7 @@ def export_llada(model, skeleton, out, note, hidden, layers, heads, intermediate
         f.write("\n")
 
 
-def export_ar(model, skeleton, out, codec, note):
+def export_ar(model, tokenizer_dir, out, codec, note):
     if os.path.exists(out):
         shutil.rmtree(out)
     model.config.bos_token_id = None
@@ -287,10 +345,8 @@ def export_ar(model, skeleton, out, codec, note):
     model.config.pad_token_id = codec.pad
     model.config.use_cache = True
     model.save_pretrained(out, safe_serialization=True)
-    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
-        src = os.path.join(skeleton, name)
-        if os.path.exists(src):
-            shutil.copy(src, os.path.join(out, name))
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(os.path.join(tokenizer_dir, name), os.path.join(out, name))
     with open(os.path.join(out, "generation_config.json"), "w") as f:
         json.dump({"eos_token_id": codec.eos, "pad_token_id": codec.pad}, f, indent=2)
         f.write("\n")
@@ -325,6 +381,10 @@ def main():
     ap.add_argument("--intermediate", type=int, default=384)
     ap.add_argument("--ar-hidden", type=int, default=128)
     ap.add_argument("--ar-layers", type=int, default=2)
+    ap.add_argument("--tool-share", type=float, default=0.2,
+                    help="share of the autoregressive model's examples that are tool chats")
+    ap.add_argument("--only-ar", action="store_true",
+                    help="retrain the autoregressive model only (the diffusion model is kept)")
     args = ap.parse_args()
 
     torch.manual_seed(args.seed)
@@ -338,33 +398,48 @@ def main():
             f.write(json.dumps({"prompt": e["prompt"], "answer": e["answer"], "kind": e["kind"]}) + "\n")
     log(f"{len(held)} held-out examples -> {args.eval_out}")
 
-    started = time.time()
-    dm = build_model(codec.vocab, args.hidden, args.layers, args.heads, args.intermediate, 256)
-    log(f"diffusion model: {sum(p.numel() for p in dm.parameters())} parameters")
-    train_diffusion(dm, codec, tasks.train_stream(args.seed, exclude), args)
-    d_secs = time.time() - started
-    d_acc = greedy_diffusion_accuracy(dm, codec, held[:100], args.gen_length)
-    log(f"diffusion: {d_secs:.0f}s, quick greedy accuracy on 100 held-out: {d_acc:.2f}")
-    note = (
-        f"trained by scripts/train/train_tiny.py (seed {args.seed}, {args.steps} steps of "
-        f"{args.batch}, masked-diffusion SFT on scripts/train/tasks.py)"
-    )
-    export_llada(dm, args.skeleton, args.out_diffusion, note, args.hidden, args.layers, args.heads, args.intermediate)
+    d_secs = d_acc = None
+    if not args.only_ar:
+        started = time.time()
+        dm = build_model(codec.vocab, args.hidden, args.layers, args.heads, args.intermediate, 256)
+        log(f"diffusion model: {sum(p.numel() for p in dm.parameters())} parameters")
+        train_diffusion(dm, codec, tasks.train_stream(args.seed, exclude), args)
+        d_secs = time.time() - started
+        d_acc = greedy_diffusion_accuracy(dm, codec, held[:100], args.gen_length)
+        log(f"diffusion: {d_secs:.0f}s, quick greedy accuracy on 100 held-out: {d_acc:.2f}")
+        note = (
+            f"trained by scripts/train/train_tiny.py (seed {args.seed}, {args.steps} steps of "
+            f"{args.batch}, masked-diffusion SFT on scripts/train/tasks.py)"
+        )
+        export_llada(dm, args.skeleton, args.out_diffusion, note, args.hidden, args.layers, args.heads, args.intermediate)
 
     started = time.time()
     ar = build_model(codec.vocab, args.ar_hidden, args.ar_layers, args.heads, args.ar_hidden * 3, 256)
     log(f"ar model: {sum(p.numel() for p in ar.parameters())} parameters")
-    train_ar(ar, codec, tasks.train_stream(args.seed + 2, exclude), args)
+    tok_dir = tempfile.mkdtemp()
+    write_tool_tokenizer(args.skeleton, tok_dir)
+    chat = ChatEncoder(tok_dir)
+    stream = tasks.ar_train_stream(args.seed + 2, exclude, args.tool_share)
+    train_ar(ar, codec, chat, stream, args)
     a_secs = time.time() - started
     a_acc = greedy_ar_accuracy(ar, codec, held[:100], args.gen_length)
-    log(f"ar: {a_secs:.0f}s, greedy accuracy on 100 held-out: {a_acc:.2f}")
+    # Held-out tool chats: the held-out `add` prompts never occur in training.
+    held_tools = []
+    for e in [h for h in held if h["kind"] == "add"][:50]:
+        for first in (True, False):
+            held_tools.append(tasks.tool_turn(e["prompt"], e["answer"], first))
+    t_acc = greedy_ar_accuracy(ar, codec, held_tools, 2 * args.gen_length, chat)
+    log(f"ar: {a_secs:.0f}s, greedy accuracy on 100 held-out: {a_acc:.2f}, "
+        f"on {len(held_tools)} held-out tool turns: {t_acc:.2f}")
     note_ar = (
         f"trained by scripts/train/train_tiny.py (seed {args.seed}, {args.ar_steps} steps of "
-        f"{args.batch}, next-token loss on scripts/train/tasks.py)"
+        f"{args.batch}, next-token loss on scripts/train/tasks.py, {args.tool_share:g} of them "
+        f"tool chats)"
     )
-    export_ar(ar, args.skeleton, args.out_ar, codec, note_ar)
+    export_ar(ar, tok_dir, args.out_ar, codec, note_ar)
+    shutil.rmtree(tok_dir)
     print(json.dumps({"diffusion_seconds": d_secs, "diffusion_quick_accuracy": d_acc,
-                      "ar_seconds": a_secs, "ar_accuracy": a_acc}))
+                      "ar_seconds": a_secs, "ar_accuracy": a_acc, "ar_tool_accuracy": t_acc}))
 
 
 if __name__ == "__main__":

@@ -59,6 +59,8 @@ pub struct Metrics {
     pub idempotent_replays: Counter,
     pub idempotency_cache_bytes: Gauge,
     pub idempotency_waiting: Gauge,
+    pub tool_calls: Counter,
+    pub response_format_invalid: Counter,
 }
 
 impl Default for Metrics {
@@ -97,6 +99,8 @@ impl Metrics {
             idempotent_replays: Counter::default(),
             idempotency_cache_bytes: Gauge::default(),
             idempotency_waiting: Gauge::default(),
+            tool_calls: Counter::default(),
+            response_format_invalid: Counter::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -203,6 +207,16 @@ impl Metrics {
             "response_size_bytes",
             "Inference response body sizes (streams: every event's bytes)",
             m.response_size_bytes.clone(),
+        );
+        registry.register(
+            "tool_calls",
+            "Tool calls read from answers into OpenAI tool_calls",
+            m.tool_calls.clone(),
+        );
+        registry.register(
+            "response_format_invalid",
+            "Answers to response_format json_object whose text is not a JSON object",
+            m.response_format_invalid.clone(),
         );
         registry.register(
             "idempotent_replays",

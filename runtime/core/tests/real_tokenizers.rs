@@ -51,8 +51,8 @@ fn messages(v: &Value) -> Vec<ChatMessage> {
     v.as_array()
         .unwrap()
         .iter()
-        .map(|m| ChatMessage::new(m["role"].as_str().unwrap(), m["content"].as_str().unwrap()))
-        .collect()
+        .map(|m| serde_json::from_value(m.clone()).unwrap())
+        .collect::<Vec<ChatMessage>>()
 }
 
 /// Every recorded conversation renders to transformers' prompt (and, where recorded,
@@ -82,19 +82,23 @@ fn check_chats(tok: &TextTokenizer, reference: &Value) {
     }
 }
 
-/// The recorded conversation with OpenAI `tools` renders to transformers' prompt and ids.
+/// The recorded conversations with OpenAI `tools` (the question, and the round trip with
+/// the assistant's call and the tool's answer) render to transformers' prompts and ids.
 fn check_tool_chat(tok: &TextTokenizer, reference: &Value) {
-    let case = &reference["tool_chat"][0];
-    let text = tok
-        .apply_chat_template_with(
-            &messages(&case["messages"]),
-            true,
-            Some(&case["tools"]),
-            None,
-        )
-        .unwrap();
-    assert_eq!(text, case["text"].as_str().unwrap());
-    assert_eq!(tok.encode(&text).unwrap(), ids(&case["ids"]));
+    let cases = reference["tool_chat"].as_array().unwrap();
+    assert_eq!(cases.len(), 2, "the question and the round trip");
+    for case in cases {
+        let text = tok
+            .apply_chat_template_with(
+                &messages(&case["messages"]),
+                true,
+                Some(&case["tools"]),
+                None,
+            )
+            .unwrap();
+        assert_eq!(text, case["text"].as_str().unwrap());
+        assert_eq!(tok.encode(&text).unwrap(), ids(&case["ids"]));
+    }
 }
 
 #[test]

@@ -12,7 +12,9 @@ mod idempotency;
 pub mod launch;
 mod listen;
 pub mod openai;
+pub mod response_format;
 pub mod text;
+pub mod tools;
 
 use std::future::Future;
 use std::net::SocketAddr;

@@ -197,6 +197,10 @@ pub struct ContentPart {
 pub struct RequestMessage {
     pub role: String,
     pub content: Option<Content>,
+    /// An assistant turn's calls, and a `tool` turn's answer to one (`crate::tools`).
+    pub tool_calls: Option<serde_json::Value>,
+    pub tool_call_id: Option<String>,
+    pub name: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -210,8 +214,12 @@ pub struct ChatRequest {
     pub add_generation_prompt: Option<bool>,
     pub continue_final_message: Option<bool>,
     /// OpenAI's function `tools` and RAG `documents`: passed to the chat template, which
-    /// describes them to the model (tool calls in the answer are not parsed).
+    /// describes them to the model; calls in the answer are read back (`crate::tools`).
     pub tools: Option<serde_json::Value>,
+    pub tool_choice: Option<serde_json::Value>,
+    pub parallel_tool_calls: Option<bool>,
+    /// `{"type": "text" | "json_object"}` (`crate::response_format`).
+    pub response_format: Option<serde_json::Value>,
     pub documents: Option<serde_json::Value>,
     pub top_logprobs: Option<i64>,
     #[serde(default)]
@@ -275,7 +283,20 @@ impl ChatRequest {
                 } else {
                     m.role.as_str()
                 };
-                Ok(ChatMessage::new(role, &content))
+                let mut message = ChatMessage::new(role, &content);
+                if let Some(calls) = m.tool_calls.as_ref().filter(|c| !c.is_null()) {
+                    if m.role != "assistant" {
+                        return Err(ApiError::invalid(
+                            &format!("messages[{i}].tool_calls"),
+                            "only assistant messages carry tool_calls",
+                        ));
+                    }
+                    let param = format!("messages[{i}].tool_calls");
+                    message.tool_calls = Some(crate::tools::history_calls(calls, &param)?);
+                }
+                message.tool_call_id = m.tool_call_id.clone();
+                message.name = m.name.clone();
+                Ok(message)
             })
             .collect()
     }

@@ -424,6 +424,19 @@ def test_bundled_ar_model_answers_and_stops_at_eos():
 REAL = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "fixtures", "real")
 
 
+def as_sent(messages):
+    """A recorded conversation as OpenAI clients send it: a call's arguments as JSON text
+    (transformers' templates take the object, which the runtime parses it back into)."""
+    out = []
+    for m in messages:
+        m = dict(m)
+        if m.get("tool_calls"):
+            m["tool_calls"] = [{**c, "function": {**c["function"], "arguments": json.dumps(c["function"]["arguments"])}}
+                               for c in m["tool_calls"]]
+        out.append(m)
+    return out
+
+
 def real_like(family, out):
     """A `demo-model --like` checkpoint of a real model's published metadata (the
     fixture's compressed vocabularies unpacked first, as a download holds them)."""
@@ -457,10 +470,10 @@ def test_real_dream_metadata_chats_with_transformers_prompt_ids():
                 # The real template and tokenizer: the prompt transformers builds.
                 assert r.usage.prompt_tokens == len(case["ids"]), case["messages"]
                 assert r.choices[0].finish_reason in ("stop", "length")
-            tool = reference["tool_chat"][0]
-            r = s.client.chat.completions.create(model="gpt-3.5-turbo", messages=tool["messages"],
-                                                 tools=tool["tools"], max_tokens=4)
-            assert r.usage.prompt_tokens == len(tool["ids"]), "tools rendered by the template as in transformers"
+            for tool in reference["tool_chat"]:
+                r = s.client.chat.completions.create(model="gpt-3.5-turbo", messages=as_sent(tool["messages"]),
+                                                     tools=tool["tools"], max_tokens=4)
+                assert r.usage.prompt_tokens == len(tool["ids"]), "tools rendered by the template as in transformers"
         finally:
             s.close()
 
@@ -519,10 +532,10 @@ def test_real_qwen2_5_metadata_chats_with_tools_and_its_sampling_defaults():
                 r = s.client.chat.completions.create(model="gpt-3.5-turbo", messages=case["messages"], max_tokens=3)
                 # ChatML from the real template, ids from vocab.json + merges.txt.
                 assert r.usage.prompt_tokens == len(case["ids"]), case["messages"]
-            tool = reference["tool_chat"][0]
-            r = s.client.chat.completions.create(model="gpt-3.5-turbo", messages=tool["messages"],
-                                                 tools=tool["tools"], max_tokens=3)
-            assert r.usage.prompt_tokens == len(tool["ids"]), "Qwen2.5's tool prompt, as transformers renders it"
+            for tool in reference["tool_chat"]:
+                r = s.client.chat.completions.create(model="gpt-3.5-turbo", messages=as_sent(tool["messages"]),
+                                                     tools=tool["tools"], max_tokens=3)
+                assert r.usage.prompt_tokens == len(tool["ids"]), "Qwen2.5's tool prompt, as transformers renders it"
             # generation_config.json's top_k (20) is a default for an autoregressive model;
             # the request's own -1 turns it off; both are accepted.
             for extra in ({}, {"top_k": -1, "repetition_penalty": 1.0}):
@@ -570,3 +583,120 @@ def test_idempotency_key_replays(server):
     with pytest.raises(openai.UnprocessableEntityError) as e:
         server.client.completions.create(**{**args, "prompt": "Bye"})
     assert e.value.status_code == 422
+
+
+ADD_TOOL = {"type": "function", "function": {
+    "name": "add", "description": "Add two integers.",
+    "parameters": {"type": "object", "properties": {"a": {"type": "integer"}, "b": {"type": "integer"}},
+                   "required": ["a", "b"]}}}
+
+
+def test_bundled_ar_model_calls_a_tool_and_answers_from_its_result():
+    # The bundled model was trained (scripts/train/tasks.py) to call `add` when the tool
+    # is offered and to answer from the tool's result; "add 316+8=" is a held-out prompt.
+    s = Server("llama", "--max-tokens", "64", model_dir=BUNDLED_AR)
+    try:
+        chat = lambda messages, **kw: s.client.chat.completions.create(
+            model="gpt-3.5-turbo", messages=messages, tools=[ADD_TOOL], temperature=0, **kw)
+        question = [{"role": "user", "content": "add 316+8="}]
+        r = chat(question)
+        choice = r.choices[0]
+        assert choice.finish_reason == "tool_calls"
+        assert choice.message.content is None
+        [call] = choice.message.tool_calls
+        assert call.type == "function" and call.id.startswith("call_")
+        assert call.function.name == "add"
+        assert json.loads(call.function.arguments) == {"a": 316, "b": 8}
+
+        # Streamed, the SDK's delta assembly gives the same call and no content.
+        calls, content, finish = {}, "", None
+        for chunk in chat(question, stream=True):
+            if not chunk.choices:
+                continue
+            c = chunk.choices[0]
+            content += c.delta.content or ""
+            for d in c.delta.tool_calls or []:
+                entry = calls.setdefault(d.index, {"id": None, "name": "", "arguments": ""})
+                entry["id"] = d.id or entry["id"]
+                entry["name"] += (d.function.name or "") if d.function else ""
+                entry["arguments"] += (d.function.arguments or "") if d.function else ""
+            finish = c.finish_reason or finish
+        assert content == "" and finish == "tool_calls"
+        assert [(e["name"], json.loads(e["arguments"])) for e in calls.values()] == [("add", {"a": 316, "b": 8})]
+
+        # The round trip: the call goes back in the history with the tool's answer.
+        history = question + [choice.message.model_dump(exclude_none=True),
+                              {"role": "tool", "tool_call_id": call.id, "content": "324"}]
+        r = chat(history)
+        assert r.choices[0].message.content == "324"
+        assert r.choices[0].finish_reason == "stop"
+        assert not r.choices[0].message.tool_calls
+
+        # A named tool_choice is enforced (the answer starts as that call): finish is stop.
+        r = chat(question, tool_choice={"type": "function", "function": {"name": "add"}})
+        assert r.choices[0].finish_reason == "stop"
+        assert json.loads(r.choices[0].message.tool_calls[0].function.arguments) == {"a": 316, "b": 8}
+        r = chat(question, tool_choice="required")
+        assert r.choices[0].message.tool_calls[0].function.name == "add"
+        # tool_choice none: the answer is text, never read for calls.
+        r = chat(question, tool_choice="none")
+        assert r.choices[0].message.tool_calls is None
+        assert "<tool_call>" in r.choices[0].message.content
+
+        for bad, param in ((dict(tool_choice={"type": "function", "function": {"name": "sub"}}), "tool_choice"),
+                           (dict(tool_choice="sometimes"), "tool_choice")):
+            with pytest.raises(openai.BadRequestError) as e:
+                chat(question, **bad)
+            assert e.value.body["param"] == param
+        with pytest.raises(openai.BadRequestError) as e:
+            s.client.chat.completions.create(model="gpt-3.5-turbo", messages=question,
+                                             tools=[{"type": "function", "function": {"name": "a b"}}])
+        assert e.value.body["param"] == "tools[0].function.name"
+        bad_history = question + [{"role": "assistant", "tool_calls": [
+            {"id": "x", "type": "function", "function": {"name": "add", "arguments": "{oops"}}]}]
+        with pytest.raises(openai.BadRequestError) as e:
+            chat(bad_history)
+        assert e.value.body["param"] == "messages[1].tool_calls[0].function.arguments"
+    finally:
+        s.close()
+
+
+def test_tools_on_a_model_without_a_tool_format_are_400():
+    # The demo llama's template teaches no tool-call spelling: auto cannot be honoured.
+    s = Server("llama")
+    try:
+        with pytest.raises(openai.BadRequestError) as e:
+            s.client.chat.completions.create(model="gpt-3.5-turbo", messages=[{"role": "user", "content": "hi"}],
+                                             tools=[ADD_TOOL], max_tokens=2)
+        assert e.value.body["param"] == "tools"
+        r = s.client.chat.completions.create(model="gpt-3.5-turbo", messages=[{"role": "user", "content": "hi"}],
+                                             tools=[ADD_TOOL], tool_choice="none", max_tokens=2)
+        assert r.choices[0].message.tool_calls is None
+    finally:
+        s.close()
+
+
+def test_response_format_json_object_starts_an_object_and_is_checked():
+    s = Server("llama", "--max-tokens", "8")
+    try:
+        q = [{"role": "user", "content": "hi"}]
+        r = s.client.chat.completions.create(model="gpt-3.5-turbo", messages=q, max_tokens=8,
+                                             response_format={"type": "json_object"})
+        text = r.choices[0].message.content
+        assert text.startswith("{"), text
+        try:
+            valid = isinstance(json.loads(text), dict)
+        except ValueError:
+            valid = False
+        counted = [l for l in s.metrics().splitlines() if l.startswith("dfastllm_response_format_invalid_total")]
+        assert counted == [f"dfastllm_response_format_invalid_total {0 if valid else 1}"], counted
+        chunks = s.client.chat.completions.create(model="gpt-3.5-turbo", messages=q, max_tokens=8, stream=True,
+                                                  response_format={"type": "json_object"})
+        streamed = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+        assert streamed == text, "the stream sends the opening brace too"
+        with pytest.raises(openai.BadRequestError) as e:
+            s.client.chat.completions.create(model="gpt-3.5-turbo", messages=q, max_tokens=2,
+                                             response_format={"type": "json_schema", "json_schema": {"name": "x"}})
+        assert e.value.body["param"] == "response_format"
+    finally:
+        s.close()

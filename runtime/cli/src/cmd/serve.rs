@@ -21,6 +21,10 @@ pub struct ServeArgs {
     /// json (one object per line) or text.
     #[arg(long, env = "DFASTLLM_LOG_FORMAT", default_value = "json")]
     log_format: LogFormat,
+    /// Accepted for vLLM's command lines: tool calls are read whenever a request sends
+    /// tools and the model has a tool-call format (--tool-call-parser).
+    #[arg(long, env = "DFASTLLM_ENABLE_AUTO_TOOL_CHOICE")]
+    enable_auto_tool_choice: bool,
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -80,6 +84,9 @@ pub fn run(args: ServeArgs, matches: &ArgMatches) -> anyhow::Result<()> {
     let cfg = RuntimeConfig::resolve(&layered)?;
     dfastllm_server::launch::check_model_dir(&cfg)?;
     init_logging(args.log_format);
+    if args.enable_auto_tool_choice {
+        tracing::info!("--enable-auto-tool-choice is accepted for vLLM's command lines; tool calls are read whenever a request sends tools and the model has a tool-call format (--tool-call-parser)");
+    }
     super::tokio_runtime()?.block_on(async move {
         let listener = tokio::net::TcpListener::bind((cfg.host.as_str(), cfg.port))
             .await

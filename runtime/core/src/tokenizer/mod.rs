@@ -7,9 +7,11 @@ mod build;
 pub mod chat;
 mod literal;
 mod templates;
+pub mod tool_calls;
 
 pub use literal::{Shielded, SpecialsInContent};
 pub use templates::ChatTemplates;
+pub use tool_calls::{ParsedCall, ParsedCalls, ToolCallFormat};
 
 use std::path::{Path, PathBuf};
 
@@ -30,11 +32,21 @@ pub enum TokenizerError {
     Template(String),
 }
 
-/// One chat turn, as in OpenAI's `messages`.
+/// One chat turn, as in OpenAI's `messages`, in the form chat templates read (absent
+/// fields are undefined to the template, as in transformers).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ChatMessage {
     pub role: String,
     pub content: String,
+    /// An assistant turn's calls: `{id, type, function: {name, arguments}}` with the
+    /// arguments as a JSON object (what templates `tojson`), as vLLM passes them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_calls: Option<Vec<Value>>,
+    /// A `tool` turn's answer to which call, and the function's name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_call_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
 }
 
 impl ChatMessage {
@@ -42,6 +54,9 @@ impl ChatMessage {
         Self {
             role: role.to_string(),
             content: content.to_string(),
+            tool_calls: None,
+            tool_call_id: None,
+            name: None,
         }
     }
 }
@@ -265,6 +280,13 @@ impl TextTokenizer {
 
     pub fn chat_templates(&self) -> Option<&ChatTemplates> {
         self.chat_templates.as_ref()
+    }
+
+    /// How the chat template (the one requests with tools render with) teaches the
+    /// model to call tools, if it does.
+    pub fn tool_call_format(&self) -> Option<ToolCallFormat> {
+        let template = self.chat_templates.as_ref()?.select(true).ok()?;
+        ToolCallFormat::detect(template)
     }
 
     /// Renders `messages` with the model's chat template, ending with the assistant

@@ -19,6 +19,7 @@ use std::str::FromStr;
 use clap::builder::BoolishValueParser;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+pub use crate::tools::ToolParserChoice;
 use dfastllm_core::decoding::{Mor, Remasking};
 use dfastllm_core::device::DeviceChoice;
 pub use dfastllm_core::engine::FaultPlan;
@@ -287,6 +288,20 @@ pub struct ServerLayer {
     )]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub special_tokens_in_content: Option<SpecialsInContent>,
+    /// How answers spell tool calls (vLLM's names): auto (from the chat template),
+    /// hermes (`<tool_call>` JSON: Qwen, Hermes), llama3_json, or none.
+    #[arg(
+        id = "server.tool_call_parser",
+        long = "tool-call-parser",
+        env = "DFASTLLM_TOOL_CALL_PARSER"
+    )]
+    #[serde(
+        default,
+        deserialize_with = "de_parsed",
+        serialize_with = "ser_display",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub tool_call_parser: Option<ToolParserChoice>,
     /// Failed forward passes in a row that open the circuit breaker (requests get 503
     /// at once for the recovery window); 0 turns it off.
     #[arg(
@@ -532,6 +547,7 @@ pub fn defaults() -> ConfigLayer {
             idempotency_ttl_seconds: Some(600),
             idempotency_max_bytes: Some(32 << 20),
             special_tokens_in_content: Some(SpecialsInContent::Parse),
+            tool_call_parser: Some(ToolParserChoice::Auto),
             breaker_failure_threshold: Some(5),
             breaker_recovery_seconds: Some(30),
             inject_faults: None,

@@ -171,6 +171,7 @@ pub struct RuntimeConfig {
     pub idempotency_ttl_seconds: u64,
     pub idempotency_max_bytes: usize,
     pub special_tokens_in_content: SpecialsInContent,
+    pub tool_call_parser: ToolParserChoice,
     pub breaker_failure_threshold: u32,
     pub breaker_recovery_seconds: u64,
     /// Test only (`--inject-faults`); empty in service.
@@ -234,6 +235,7 @@ impl RuntimeConfig {
             idempotency_ttl_seconds: s.idempotency_ttl_seconds.unwrap_or_default(),
             idempotency_max_bytes: s.idempotency_max_bytes.unwrap_or_default(),
             special_tokens_in_content: s.special_tokens_in_content.unwrap_or_default(),
+            tool_call_parser: s.tool_call_parser.unwrap_or_default(),
             breaker_failure_threshold: s.breaker_failure_threshold.unwrap_or_default(),
             breaker_recovery_seconds: s.breaker_recovery_seconds.unwrap_or_default(),
             inject_faults: l.inject_faults.clone().unwrap_or_default(),

@@ -11,6 +11,7 @@ use tokio::time::Instant;
 use crate::errors::ApiError;
 use crate::openai::Resolved;
 use crate::text::TextAssembler;
+use crate::tools::{ToolCall, ToolPlan};
 use crate::{AppState, ModelInfo};
 use dfastllm_core::decoding::{Sequence, TokenLogprob};
 use dfastllm_core::engine::{Event, Failure, Submission, SubmitError};
@@ -27,6 +28,20 @@ pub struct Outcome {
     pub steps: usize,
     /// Per answer token, when the request asked for log-probabilities.
     pub logprobs: Vec<TokenLogprob>,
+    /// The calls read from the answer (then `text` is what came before them).
+    pub tool_calls: Vec<ToolCall>,
+}
+
+impl Outcome {
+    /// Reads the finished answer for the calls `plan` asks for.
+    pub fn settle_tools(&mut self, plan: &ToolPlan) {
+        let settled = plan.settle(&self.text);
+        if !settled.calls.is_empty() {
+            self.finish_reason = plan.finish_reason();
+        }
+        self.text = settled.text;
+        self.tool_calls = settled.calls;
+    }
 }
 
 /// One answer to produce.
@@ -283,6 +298,7 @@ pub async fn run_choice(
                         forward_passes,
                         steps,
                         logprobs,
+                        tool_calls: Vec::new(),
                     });
                 }
                 if !delta.is_empty() || logprobs.len() > seen {
@@ -318,6 +334,7 @@ pub async fn run_choice(
                     forward_passes: answer.forward_passes,
                     steps: answer.steps,
                     logprobs,
+                    tool_calls: Vec::new(),
                 });
             }
             Some(Event::Failed(Failure::Timeout)) => return Err(ApiError::Timeout(timeout)),

@@ -18,11 +18,28 @@ use crate::errors::ApiError;
 use crate::openai::{
     chat_logprobs, completion_logprobs, resolve, ChatRequest, CompletionRequest, GenerateRequest,
 };
+use crate::response_format::ResponseFormat;
+use crate::tools::ToolPlan;
 use crate::{ApiJson, AppState, ModelInfo};
-use choice::{account, encode_prompt, run_choice, submit, Job, PromptKind};
+use choice::{account, encode_prompt, run_choice, submit, Job, Outcome, PromptKind};
 use dfastllm_core::tokenizer::{Shielded, SpecialsInContent};
 use responses::{unix_now, Dialect, Shape};
 use sse::{sse, Frames, Item};
+
+/// A finished answer made whole: the `lead` the prompt ended with put back in front,
+/// the calls a tool plan asks for read out, and a `json_object` answer checked.
+fn settle(state: &AppState, o: &mut Outcome, tools: Option<&ToolPlan>, lead: &str) {
+    if let Some(plan) = tools {
+        o.settle_tools(plan);
+        state.metrics.tool_calls.inc_by(o.tool_calls.len() as u64);
+    }
+    if !lead.is_empty() {
+        o.text.insert_str(0, lead);
+        if !crate::response_format::is_json_object(&o.text) {
+            state.metrics.response_format_invalid.inc();
+        }
+    }
+}
 
 /// Runs every choice of `job` at once and answers with one JSON body, or an SSE stream.
 async fn respond(
@@ -31,6 +48,8 @@ async fn respond(
     job: Job,
     stream: bool,
     shape: Shape,
+    tools: Option<Arc<ToolPlan>>,
+    lead: &'static str,
 ) -> Result<Response, ApiError> {
     let guard = state.track();
     let prompt_tokens = job.prompt_tokens;
@@ -41,6 +60,9 @@ async fn respond(
             .into_iter()
             .map(|choice| run_choice(&state, &info, choice, |_, _| {}));
         let mut outcomes = futures::future::try_join_all(runs).await?;
+        for o in &mut outcomes {
+            settle(&state, o, tools.as_deref(), lead);
+        }
         account(&state, prompt_tokens, &outcomes);
         drop(guard);
         let body = shape.whole(prompt_tokens, &mut outcomes);
@@ -49,6 +71,7 @@ async fn respond(
     let (tx, rx) = unbounded_channel::<Item>();
     for choice in running {
         let (state, info, tx) = (state.clone(), info.clone(), tx.clone());
+        let tools = tools.clone();
         let index = choice.index;
         tokio::spawn(async move {
             let _ = tx.send(Item::Start(index));
@@ -59,7 +82,10 @@ async fn respond(
             // A client that disconnects closes the stream's receiver: stop at once.
             let item = tokio::select! {
                 result = run => match result {
-                    Ok(outcome) => Item::Finished(outcome),
+                    Ok(mut outcome) => {
+                        settle(&state, &mut outcome, tools.as_deref(), lead);
+                        Item::Finished(outcome)
+                    }
                     Err(e) => Item::Failed(e),
                 },
                 () = tx.closed() => return,
@@ -68,11 +94,7 @@ async fn respond(
         });
     }
     drop(tx);
-    let frames = Frames {
-        shape,
-        prompt_tokens,
-        outcomes: Vec::new(),
-    };
+    let frames = Frames::new(shape, prompt_tokens, tools, lead);
     Ok(sse(state, rx, frames, guard).into_response())
 }
 
@@ -103,6 +125,8 @@ pub async fn completions(
         model: req.model.as_deref(),
         include_usage,
         stream: req.stream,
+        tools: None,
+        lead: "",
     };
     run(state, info, ids, resolved, output).await
 }
@@ -114,6 +138,10 @@ struct Output<'a> {
     model: Option<&'a str>,
     include_usage: bool,
     stream: bool,
+    /// Chat with tools: how the answer is read for calls.
+    tools: Option<ToolPlan>,
+    /// What the answer is started with (`response_format: json_object`'s `{`).
+    lead: &'static str,
 }
 
 /// Builds the job of validated prompts and answers it in the request's dialect.
@@ -133,7 +161,16 @@ async fn run(
         logprobs,
         info.clone(),
     );
-    respond(state.clone(), info, job, output.stream, shape).await
+    respond(
+        state.clone(),
+        info,
+        job,
+        output.stream,
+        shape,
+        output.tools.map(Arc::new),
+        output.lead,
+    )
+    .await
 }
 
 pub async fn chat_completions(
@@ -148,6 +185,25 @@ pub async fn chat_completions(
         &info.sampling_defaults,
     )?;
     let mut messages = req.chat_messages()?;
+    let format = state
+        .config
+        .tool_call_parser
+        .resolve(info.tokenizer.tool_call_format());
+    let tools = crate::tools::plan(
+        req.tools.as_ref(),
+        req.tool_choice.as_ref(),
+        req.parallel_tool_calls,
+        format,
+    )?;
+    let prefix = tools.as_ref().map_or("", ToolPlan::prefix);
+    let format = ResponseFormat::parse(req.response_format.as_ref())?;
+    if format != ResponseFormat::Text && tools.is_some() {
+        return Err(ApiError::invalid(
+            "response_format",
+            "response_format json_object cannot be combined with tools (a tool call is not the JSON answer); send tool_choice none or leave response_format out",
+        ));
+    }
+    let lead = format.lead();
     // Read as text, typed special-token spellings go through the template as
     // placeholders and come back as text tokens (dfastllm_core::tokenizer::literal).
     let mut shielded = Shielded::default();
@@ -161,6 +217,18 @@ pub async fn chat_completions(
             return Err(ApiError::invalid(
                 "continue_final_message",
                 "continue_final_message and add_generation_prompt cannot both be true",
+            ))
+        }
+        (_, Some(true)) if !prefix.is_empty() => {
+            return Err(ApiError::invalid(
+                "tool_choice",
+                "a required or named tool_choice starts a new assistant turn; it cannot continue_final_message",
+            ))
+        }
+        (_, Some(true)) if !lead.is_empty() => {
+            return Err(ApiError::invalid(
+                "response_format",
+                "response_format json_object starts a new answer; it cannot continue_final_message",
             ))
         }
         (_, Some(true)) => {
@@ -184,6 +252,9 @@ pub async fn chat_completions(
         ),
     }
     .map_err(|e| ApiError::invalid("messages", e.to_string()))?;
+    // A required or named tool_choice: the answer starts as the call; json_object: as
+    // an object.
+    let prompt = prompt + prefix + lead;
     let ids = encode_prompt(
         &state,
         &info,
@@ -199,6 +270,8 @@ pub async fn chat_completions(
         model: req.model.as_deref(),
         include_usage,
         stream: req.stream,
+        tools,
+        lead,
     };
     run(state, info, vec![ids], resolved, output).await
 }
@@ -228,6 +301,8 @@ pub async fn generate(
         model: None,
         include_usage: false,
         stream: req.stream,
+        tools: None,
+        lead: "",
     };
     run(state, info, vec![ids], resolved, output).await
 }

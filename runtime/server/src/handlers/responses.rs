@@ -9,6 +9,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use serde::Serialize;
 
 use super::choice::Outcome;
+use crate::tools::ToolCall;
 use crate::ModelInfo;
 use dfastllm_core::decoding::TokenLogprob;
 use dfastllm_core::tokenizer::TextTokenizer;
@@ -141,14 +142,57 @@ fn chat_logprobs(tokenizer: &TextTokenizer, lps: &[TokenLogprob]) -> Logprobs {
     }
 }
 
-/// A chat message or a streamed delta of one (absent fields are left out: the last
-/// chunk's delta is `{}`).
-#[derive(Debug, Clone, PartialEq, Serialize)]
+/// A streamed delta of a chat message (absent fields are left out: the last chunk's
+/// delta is `{}`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct Message<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub role: Option<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub content: Option<&'a str>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub tool_calls: Vec<ToolCallOut<'a>>,
+}
+
+/// A whole chat message: `content` is `null` when the answer is only tool calls.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct WholeMessage<'a> {
+    pub role: &'static str,
+    pub content: Option<&'a str>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub tool_calls: Vec<ToolCallOut<'a>>,
+}
+
+/// One call in OpenAI's form; streamed calls carry their `index`, which the SDKs
+/// assemble deltas by.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ToolCallOut<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub index: Option<usize>,
+    pub id: &'a str,
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    pub function: FunctionOut<'a>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct FunctionOut<'a> {
+    pub name: &'a str,
+    pub arguments: &'a str,
+}
+
+impl<'a> ToolCallOut<'a> {
+    pub fn new(call: &'a ToolCall, index: Option<usize>) -> Self {
+        Self {
+            index,
+            id: &call.id,
+            kind: "function",
+            function: FunctionOut {
+                name: &call.name,
+                arguments: &call.arguments,
+            },
+        }
+    }
 }
 
 /// What a choice carries besides its index: text (completions), a message (chat, whole)
@@ -157,7 +201,7 @@ pub struct Message<'a> {
 #[serde(rename_all = "snake_case")]
 pub enum ChoiceBody<'a> {
     Text(&'a str),
-    Message(Message<'a>),
+    Message(WholeMessage<'a>),
     Delta(Message<'a>),
 }
 
@@ -297,9 +341,16 @@ impl Shape {
             .map(|o| ChoiceOut {
                 index: o.index,
                 body: match self.dialect {
-                    Dialect::Chat => ChoiceBody::Message(Message {
-                        role: Some("assistant"),
-                        content: Some(&o.text),
+                    Dialect::Chat => ChoiceBody::Message(WholeMessage {
+                        role: "assistant",
+                        // OpenAI's `null` content beside calls that had no text before them.
+                        content: (o.tool_calls.is_empty() || !o.text.is_empty())
+                            .then_some(o.text.as_str()),
+                        tool_calls: o
+                            .tool_calls
+                            .iter()
+                            .map(|c| ToolCallOut::new(c, None))
+                            .collect(),
                     }),
                     _ => ChoiceBody::Text(&o.text),
                 },
@@ -326,6 +377,7 @@ impl Shape {
                 body: ChoiceBody::Delta(Message {
                     role: Some("assistant"),
                     content: Some(""),
+                    ..Message::default()
                 }),
                 logprobs: None,
                 finish_reason: None,
@@ -339,8 +391,8 @@ impl Shape {
         let body = match self.dialect {
             Dialect::Completion => ChoiceBody::Text(text),
             Dialect::Chat => ChoiceBody::Delta(Message {
-                role: None,
                 content: Some(text),
+                ..Message::default()
             }),
             Dialect::Generate => {
                 return Body::Plain(PlainObject {
@@ -359,14 +411,31 @@ impl Shape {
         })
     }
 
+    /// A streamed choice's calls, one chunk each: a call arrives whole (id, name and
+    /// arguments), which the SDKs' delta assembly reads as they read a call in pieces.
+    pub fn tool_call_chunks<'a>(&'a self, o: &'a Outcome) -> Vec<Body<'a>> {
+        o.tool_calls
+            .iter()
+            .enumerate()
+            .map(|(i, call)| {
+                self.chunk(ChoiceOut {
+                    index: o.index,
+                    body: ChoiceBody::Delta(Message {
+                        tool_calls: vec![ToolCallOut::new(call, Some(i))],
+                        ..Message::default()
+                    }),
+                    logprobs: None,
+                    finish_reason: None,
+                })
+            })
+            .collect()
+    }
+
     /// The last chunk of one choice: how it ended (and, for `/generate`, its cost).
     pub fn finish<'a>(&'a self, o: &'a Outcome, prompt_tokens: usize) -> Body<'a> {
         let body = match self.dialect {
             Dialect::Completion => ChoiceBody::Text(""),
-            Dialect::Chat => ChoiceBody::Delta(Message {
-                role: None,
-                content: None,
-            }),
+            Dialect::Chat => ChoiceBody::Delta(Message::default()),
             Dialect::Generate => {
                 let (usage, cost) = usage(prompt_tokens, std::slice::from_ref(o));
                 return Body::Plain(PlainObject {

@@ -23,6 +23,7 @@ fn outcome(index: usize, text: &str, logprobs: Vec<TokenLogprob>) -> Outcome {
         forward_passes: 2,
         steps: 3,
         logprobs,
+        tool_calls: Vec::new(),
     }
 }
 
@@ -111,4 +112,33 @@ fn logprobs_take_each_endpoints_form() {
         }]})
     );
     assert_eq!(v["choices"][0]["delta"], json!({"content": "h"}));
+}
+
+#[test]
+fn a_whole_chat_answer_with_calls_has_null_content_and_the_calls() {
+    let (_d, s) = shape(Dialect::Chat, false);
+    let mut o = outcome(0, "", vec![]);
+    o.tool_calls = vec![crate::tools::ToolCall {
+        id: "call_1".into(),
+        name: "add".into(),
+        arguments: "{\"a\":1}".into(),
+    }];
+    o.finish_reason = "tool_calls";
+    let mut outcomes = vec![o];
+    let v = value(&s.whole(5, &mut outcomes));
+    let message = &v["choices"][0]["message"];
+    assert_eq!(message["role"], "assistant");
+    assert!(message["content"].is_null());
+    assert_eq!(
+        message["tool_calls"],
+        json!([{"id": "call_1", "type": "function", "function": {"name": "add", "arguments": "{\"a\":1}"}}])
+    );
+    assert_eq!(v["choices"][0]["finish_reason"], "tool_calls");
+    // Without calls, the message is as before: text content, no tool_calls key.
+    let mut plain = vec![outcome(0, "hi", vec![])];
+    let v = value(&s.whole(5, &mut plain));
+    assert_eq!(
+        v["choices"][0]["message"],
+        json!({"role": "assistant", "content": "hi"})
+    );
 }
