@@ -64,6 +64,8 @@ impl ChatMessage {
 pub struct TextTokenizer {
     inner: tokenizers::Tokenizer,
     chat_templates: Option<ChatTemplates>,
+    /// What the tools template teaches, read once at load ([`ToolCallFormat::detect`]).
+    tool_call_format: Option<ToolCallFormat>,
     bos_token: Option<String>,
     eos_token: Option<String>,
     /// tokenizer_config.json's `add_bos_token` / `add_eos_token`, where it says.
@@ -164,9 +166,15 @@ impl TextTokenizer {
     pub fn load(dir: &Path) -> Result<Self, TokenizerError> {
         let config = read_json(&dir.join("tokenizer_config.json"))?;
         let inner = load_inner(dir, &config)?;
+        let chat_templates = ChatTemplates::load(dir, &config)?;
+        let tool_call_format = chat_templates
+            .as_ref()
+            .and_then(|t| t.select(true).ok())
+            .and_then(ToolCallFormat::detect);
         Ok(Self {
             inner,
-            chat_templates: ChatTemplates::load(dir, &config)?,
+            chat_templates,
+            tool_call_format,
             bos_token: token_text(config.get("bos_token")),
             eos_token: token_text(config.get("eos_token")),
             add_bos: config.get("add_bos_token").and_then(Value::as_bool),
@@ -285,8 +293,7 @@ impl TextTokenizer {
     /// How the chat template (the one requests with tools render with) teaches the
     /// model to call tools, if it does.
     pub fn tool_call_format(&self) -> Option<ToolCallFormat> {
-        let template = self.chat_templates.as_ref()?.select(true).ok()?;
-        ToolCallFormat::detect(template)
+        self.tool_call_format
     }
 
     /// Renders `messages` with the model's chat template, ending with the assistant
