@@ -7,7 +7,7 @@ use super::errors::ApiError;
 use crate::config::{
     default_mor, DecodingDefaults, DEFAULT_APD_FACTOR, DEFAULT_APD_THRESHOLD, DEFAULT_MAX_PARALLEL,
 };
-use dfastllm_core::decoding::autoregressive::MAX_TOP_LOGPROBS;
+use dfastllm_core::decoding::MAX_TOP_LOGPROBS;
 use dfastllm_core::decoding::{
     default_block_length, ArKnobs, CommitRule, DiffusionKnobs, KvCacheMode, Mor, Remasking,
     SamplingParams,
@@ -501,6 +501,7 @@ pub fn resolve(
             temperature: temperature as f32,
             top_p: top_p as f32,
             seed,
+            logprobs: None,
             diffusion: DiffusionKnobs {
                 block_length,
                 steps,
@@ -516,7 +517,6 @@ pub fn resolve(
                 repetition_penalty,
                 stop_token_ids,
                 ignore_eos: s.ignore_eos.unwrap_or(false),
-                logprobs: None,
             },
         },
         n: n as usize,

@@ -396,10 +396,26 @@ def test_ar_fields_are_validated(ar, extra, param):
     assert e.value.body["param"] == param
 
 
-def test_logprobs_on_a_diffusion_model_is_400(tiny):
-    with pytest.raises(openai.BadRequestError) as e:
-        tiny.client.completions.create(model="gpt-3.5-turbo", prompt="x", max_tokens=8, logprobs=1)
-    assert e.value.body["param"] == "logprobs"
+def test_diffusion_logprobs_are_reported_at_commit(tiny):
+    args = dict(model="gpt-3.5-turbo", prompt="sort 9081726=", max_tokens=32, temperature=0, logprobs=2)
+    r = tiny.client.completions.create(**args)
+    c = r.choices[0]
+    assert c.text == "0126789"
+    lp = c.logprobs
+    assert "".join(lp.tokens) == c.text
+    assert len(lp.token_logprobs) == len(lp.top_logprobs) == r.usage.completion_tokens
+    for chosen, top in zip(lp.token_logprobs, lp.top_logprobs):
+        assert chosen <= 0.0 and len(top) == 2
+        # Greedy: each token was the argmax of the pass that committed it.
+        assert abs(chosen - max(top.values())) < 1e-5
+    streamed = [(t, l) for chunk in tiny.client.completions.create(stream=True, **args) if chunk.choices
+                and chunk.choices[0].logprobs
+                for t, l in zip(chunk.choices[0].logprobs.tokens, chunk.choices[0].logprobs.token_logprobs)]
+    assert [t for t, _ in streamed] == lp.tokens
+    assert all(abs(a - b) < 1e-5 for (_, a), b in zip(streamed, lp.token_logprobs))
+    # Fast decoding commits several tokens a pass; each still carries its own number.
+    fast = tiny.client.completions.create(extra_body={"apd": {"mode": "threshold", "threshold": 0.9}}, **args)
+    assert fast.choices[0].text == c.text and len(fast.choices[0].logprobs.token_logprobs) == len(lp.tokens)
     with pytest.raises(openai.BadRequestError) as e:
         tiny.client.completions.create(model="gpt-3.5-turbo", prompt="x", max_tokens=8, extra_body={"top_k": 5})
     assert e.value.body["param"] == "top_k"

@@ -14,6 +14,7 @@ use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
 
 use super::confidence::{propose, Proposal};
+use super::logprobs::{logprob_of, TokenLogprob, MAX_TOP_LOGPROBS};
 use super::{transfer_schedule, DecodeError, DiffusionParams, KvCacheMode};
 use crate::models::{Batch, DiffusionLm, KvCache, SpecialTokens};
 
@@ -70,6 +71,10 @@ pub struct DiffusionSequence {
     refining: bool,
     /// Keys/values from the current block's first pass (KV caching), `[1, ...]`.
     cache: Option<KvCache>,
+    /// Alternatives per token when log-probabilities are wanted, and each answer
+    /// position's, read from the pass that (last) committed it.
+    logprobs: Option<usize>,
+    token_logprobs: Vec<Option<TokenLogprob>>,
 }
 
 impl DiffusionSequence {
@@ -101,10 +106,49 @@ impl DiffusionSequence {
             recursions: 0,
             refining: false,
             cache: None,
+            logprobs: None,
+            token_logprobs: Vec::new(),
             params,
         };
         seq.start_block();
         Ok(seq)
+    }
+
+    /// Reports each committed token's log-probability at commit, with `top` alternatives
+    /// (`None`: not wanted).
+    pub fn with_logprobs(mut self, top: Option<usize>) -> Result<Self, DecodeError> {
+        if let Some(k) = top.filter(|&k| k > MAX_TOP_LOGPROBS) {
+            return Err(DecodeError::InvalidParam {
+                param: "top_logprobs",
+                message: format!("at most {MAX_TOP_LOGPROBS} alternatives per token, got {k}"),
+            });
+        }
+        self.logprobs = top;
+        self.token_logprobs = if top.is_some() {
+            vec![None; self.params.gen_length]
+        } else {
+            Vec::new()
+        };
+        Ok(self)
+    }
+
+    /// Alternatives per token when log-probabilities are wanted.
+    pub fn wants_logprobs(&self) -> Option<usize> {
+        self.logprobs
+    }
+
+    /// Log-probabilities of the settled answer's tokens from the `from`-th on (empty
+    /// when they were not asked for).
+    pub fn settled_logprobs(&self, from: usize) -> Vec<TokenLogprob> {
+        if self.logprobs.is_none() {
+            return Vec::new();
+        }
+        let settled = self.settled_answer().len();
+        self.token_logprobs[from.min(settled)..settled]
+            .iter()
+            .flatten()
+            .cloned()
+            .collect()
     }
 
     /// Prompt and answer region as they stand (masks where nothing is committed yet).
@@ -213,7 +257,20 @@ impl DiffusionSequence {
             self.params.remasking,
             &mut self.rng,
         )?;
-        self.commit_proposals(&proposals);
+        let chosen = self.choose(&proposals);
+        if let Some(top) = self.logprobs {
+            // Only the committed rows cross to the host, and only when asked for.
+            let start = self.block_range().start;
+            for &pos in &chosen {
+                let row = logits
+                    .get(pos - start)?
+                    .to_dtype(candle_core::DType::F32)?
+                    .to_vec1::<f32>()?;
+                let token = proposals[pos - start].token;
+                self.token_logprobs[pos - self.prompt_len] = Some(logprob_of(&row, token, top));
+            }
+        }
+        self.write(&proposals, &chosen);
         Ok(())
     }
 
@@ -221,6 +278,12 @@ impl DiffusionSequence {
     /// of the block (ties go to the leftmost), as many as the schedule or the APD rule
     /// allows (all of them after a MoR re-mask), and write their tokens.
     pub fn commit_proposals(&mut self, proposals: &[Proposal]) {
+        let chosen = self.choose(proposals);
+        self.write(proposals, &chosen);
+    }
+
+    /// The positions (indices into [`Self::tokens`]) this step commits, best first.
+    fn choose(&self, proposals: &[Proposal]) -> Vec<usize> {
         let range = self.block_range();
         let mut masked: Vec<usize> = range
             .clone()
@@ -246,8 +309,15 @@ impl DiffusionSequence {
             let scheduled = self.schedule.get(self.step_in_block).copied().unwrap_or(0);
             self.params.commit.count(&sorted, scheduled)
         };
-        for &pos in masked.iter().take(k) {
-            let p = proposals[pos - range.start];
+        masked.truncate(k);
+        masked
+    }
+
+    /// Writes the `chosen` positions' proposals and ends the step.
+    fn write(&mut self, proposals: &[Proposal], chosen: &[usize]) {
+        let start = self.block_range().start;
+        for &pos in chosen {
+            let p = proposals[pos - start];
             self.tokens[pos] = p.token;
             self.confidence[pos - self.prompt_len] = p.probability;
         }
@@ -255,16 +325,24 @@ impl DiffusionSequence {
     }
 
     /// Commits `tokens` (with their probabilities) left to right from the block's first
-    /// masked position, as one step: the verifier's accepted prefix.
-    pub fn commit_prefix(&mut self, tokens: &[(u32, f32)]) {
+    /// masked position, as one step: the verifier's accepted prefix. `logprobs` holds
+    /// their log-probabilities when [`Self::wants_logprobs`] (else it is empty).
+    pub fn commit_prefix(&mut self, tokens: &[(u32, f32)], logprobs: Vec<TokenLogprob>) {
         let range = self.block_range();
         let masked: Vec<usize> = range
             .clone()
             .filter(|&p| self.tokens[p] == self.mask_id)
             .collect();
+        let mut logprobs = logprobs.into_iter();
         for (&pos, &(token, probability)) in masked.iter().zip(tokens) {
             self.tokens[pos] = token;
             self.confidence[pos - self.prompt_len] = probability;
+            if let (Some(slot), Some(lp)) = (
+                self.token_logprobs.get_mut(pos - self.prompt_len),
+                logprobs.next(),
+            ) {
+                *slot = Some(lp);
+            }
         }
         self.finish_step();
     }
@@ -630,6 +708,49 @@ mod tests {
         t.commit_proposals(&proposals(&[0, 0, 0, 13], &[0.0, 0.0, 0.0, 0.2]));
         assert!(t.is_finished());
         assert_eq!(t.forward_passes(), 4, "1 + 1 + 2 recursions");
+    }
+
+    /// `[4, 100]` logits whose row r peaks at token `first + r` with `5 - r`.
+    fn peaked(first: u32) -> Tensor {
+        let mut v = vec![0f32; 4 * 100];
+        for r in 0..4 {
+            v[r * 100 + first as usize + r] = 5.0 - r as f32;
+        }
+        Tensor::from_vec(v, (4, 100), &candle_core::Device::Cpu).unwrap()
+    }
+
+    #[test]
+    fn logprobs_are_read_from_the_pass_that_commits_each_token() {
+        let expected = |peak: f32| peak - (peak.exp() + 99.0).ln();
+        let mut s = seq(4, 4, 2, false).with_logprobs(Some(2)).unwrap();
+        s.commit(&peaked(10)).unwrap();
+        let first = s.settled_logprobs(0);
+        assert_eq!(first.iter().map(|l| l.token).collect::<Vec<_>>(), [10, 11]);
+        assert!((first[0].logprob - expected(5.0)).abs() < 1e-5);
+        assert!((first[1].logprob - expected(4.0)).abs() < 1e-5);
+        assert_eq!(first[0].top[0].0, 10, "the best alternative is the token");
+        assert_eq!(first[0].top.len(), 2);
+        // The second pass sees other logits: its commits carry that pass's numbers.
+        s.commit(&peaked(20)).unwrap();
+        let rest = s.settled_logprobs(2);
+        assert_eq!(rest.iter().map(|l| l.token).collect::<Vec<_>>(), [22, 23]);
+        assert!((rest[0].logprob - expected(3.0)).abs() < 1e-5);
+        assert_eq!(s.settled_logprobs(0).len(), 4);
+
+        let mut plain = seq(4, 4, 2, false);
+        plain.commit(&peaked(10)).unwrap();
+        assert!(
+            plain.settled_logprobs(0).is_empty(),
+            "not asked, not computed"
+        );
+        let refused = seq(4, 4, 2, false).with_logprobs(Some(21)).unwrap_err();
+        assert!(matches!(
+            refused,
+            DecodeError::InvalidParam {
+                param: "top_logprobs",
+                ..
+            }
+        ));
     }
 
     #[test]

@@ -9,6 +9,7 @@
 pub mod autoregressive;
 pub mod confidence;
 pub mod diffusion;
+pub mod logprobs;
 pub mod next_token;
 pub mod sequence;
 pub mod strategy;
@@ -16,8 +17,9 @@ pub mod verifier;
 
 use serde::{Deserialize, Serialize};
 
-pub use autoregressive::{ArParams, ArSequence, TokenLogprob};
+pub use autoregressive::{ArParams, ArSequence};
 pub use diffusion::{generate, step_batch, Answer, DiffusionSequence, FinishReason};
+pub use logprobs::{TokenLogprob, MAX_TOP_LOGPROBS};
 pub use sequence::{
     run_to_end, ArKnobs, DiffusionKnobs, SamplingParams, Sequence, StepState, Stepper,
 };

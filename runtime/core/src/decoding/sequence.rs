@@ -7,8 +7,9 @@
 use crate::models::causal::CausalCache;
 use crate::models::{LoadedModel, ModelKind, Network, SpecialTokens};
 
-use super::autoregressive::{self, ArParams, ArSequence, TokenLogprob};
+use super::autoregressive::{self, ArParams, ArSequence};
 use super::diffusion::{self, Answer, DiffusionSequence};
+use super::logprobs::TokenLogprob;
 use super::{CommitRule, DecodeError, DiffusionParams, KvCacheMode, Mor, Remasking};
 
 /// Everything one answer is decoded with, whatever the model's kind.
@@ -22,6 +23,10 @@ pub struct SamplingParams {
     pub top_p: f32,
     /// `None` draws a fresh seed.
     pub seed: Option<u64>,
+    /// Alternatives per token when log-probabilities are wanted (`None`: not wanted).
+    /// An autoregressive token's come from the pass that sampled it, a diffusion
+    /// token's from the pass that committed it.
+    pub logprobs: Option<usize>,
     pub diffusion: DiffusionKnobs,
     pub autoregressive: ArKnobs,
 }
@@ -51,8 +56,6 @@ pub struct ArKnobs {
     pub repetition_penalty: Option<f32>,
     pub stop_token_ids: Vec<u32>,
     pub ignore_eos: bool,
-    /// Alternatives per token when log-probabilities are wanted.
-    pub logprobs: Option<usize>,
 }
 
 impl SamplingParams {
@@ -68,6 +71,7 @@ impl SamplingParams {
             temperature: p.temperature,
             top_p: p.top_p,
             seed: p.seed,
+            logprobs: None,
             diffusion: DiffusionKnobs {
                 block_length: p.block_length,
                 steps: p.steps,
@@ -119,7 +123,7 @@ impl SamplingParams {
             seed: self.seed,
             stop_token_ids: a.stop_token_ids.clone(),
             ignore_eos: a.ignore_eos,
-            logprobs: a.logprobs,
+            logprobs: self.logprobs,
         }
     }
 
@@ -134,9 +138,6 @@ impl SamplingParams {
         match kind {
             ModelKind::Diffusion => {
                 let a = &self.autoregressive;
-                if a.logprobs.is_some() {
-                    return refuse("logprobs", "diffusion");
-                }
                 if a.top_k > 0 {
                     return refuse("top_k", "diffusion");
                 }
@@ -179,12 +180,10 @@ impl Sequence {
     ) -> Result<Self, DecodeError> {
         params.check_kind(kind)?;
         Ok(match kind {
-            ModelKind::Diffusion => Self::Diffusion(DiffusionSequence::new(
-                prompt,
-                params.diffusion_params(),
-                special,
-                max_context,
-            )?),
+            ModelKind::Diffusion => Self::Diffusion(
+                DiffusionSequence::new(prompt, params.diffusion_params(), special, max_context)?
+                    .with_logprobs(params.logprobs)?,
+            ),
             ModelKind::Autoregressive => Self::Autoregressive(ArSequence::new(
                 prompt,
                 params.ar_params(),
@@ -256,11 +255,15 @@ impl Sequence {
         }
     }
 
-    /// Log-probabilities of the answer's tokens, when the request asked for them.
-    pub fn logprobs(&self) -> &[TokenLogprob] {
+    /// Log-probabilities of the settled answer's tokens from the `from`-th on, when the
+    /// request asked for them (empty otherwise).
+    pub fn logprobs_from(&self, from: usize) -> Vec<TokenLogprob> {
         match self {
-            Self::Diffusion(_) => &[],
-            Self::Autoregressive(s) => s.logprobs(),
+            Self::Diffusion(s) => s.settled_logprobs(from),
+            Self::Autoregressive(s) => {
+                let all = s.logprobs();
+                all[from.min(all.len())..].to_vec()
+            }
         }
     }
 }

@@ -8,6 +8,7 @@
 
 use candle_core::{DType, Tensor, D};
 
+use super::logprobs::logprob_of;
 use super::{Answer, CommitRule, DecodeError, DiffusionSequence};
 use crate::models::causal::CausalModel;
 use crate::models::{Batch, DiffusionLm};
@@ -66,16 +67,22 @@ pub fn generate(
         )?;
         let mixed = ((&d_logp * f64::from(mix))? + (&ar_logp * f64::from(1.0 - mix))?)?;
         let target = (&mixed + &noise)?.argmax(D::Minus1)?.to_vec1::<u32>()?;
-        let d_prob = d_logp.exp()?.to_vec2::<f32>()?;
+        let d_rows = d_logp.to_vec2::<f32>()?;
         let mut commits = Vec::with_capacity(look);
+        let mut logprobs = Vec::new();
         for k in 0..look {
             let token = target[k];
-            commits.push((token, d_prob[k][token as usize]));
+            commits.push((token, d_rows[k][token as usize].exp()));
+            if let Some(top) = seq.wants_logprobs() {
+                // The diffusion model's view of the committed token, as in the other
+                // commit rules (the mixture only decides which token that is).
+                logprobs.push(logprob_of(&d_rows[k], token, top));
+            }
             if token != draft[k] {
                 break;
             }
         }
-        seq.commit_prefix(&commits);
+        seq.commit_prefix(&commits, logprobs);
     }
     Ok(seq.answer())
 }

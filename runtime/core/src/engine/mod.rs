@@ -342,8 +342,7 @@ impl Scheduler {
             let seq = &a.submission.sequence;
             if seq.settled_len() > a.sent {
                 let settled = seq.settled_answer();
-                let logprobs = seq.logprobs();
-                let new_logprobs = logprobs[a.sent.min(logprobs.len())..].to_vec();
+                let new_logprobs = seq.logprobs_from(a.sent);
                 let new_token_ids = settled[a.sent.min(settled.len())..].to_vec();
                 a.sent = settled.len();
                 // A closed channel is noticed (and counted) at the next iteration.

@@ -118,7 +118,7 @@ pub async fn completions(
         .map(|p| encode_prompt(&state, &info, p, "prompt", PromptKind::Plain))
         .collect::<Result<Vec<_>, _>>()?;
     let mut resolved = resolved;
-    resolved.sampling.autoregressive.logprobs = completion_logprobs(req.logprobs)?;
+    resolved.sampling.logprobs = completion_logprobs(req.logprobs)?;
     let include_usage = req.stream_options.is_some_and(|o| o.include_usage);
     let output = Output {
         dialect: Dialect::Completion,
@@ -152,7 +152,7 @@ async fn run(
     resolved: crate::openai::Resolved,
     output: Output<'_>,
 ) -> Result<Response, ApiError> {
-    let logprobs = resolved.sampling.autoregressive.logprobs.is_some();
+    let logprobs = resolved.sampling.logprobs.is_some();
     let job = Job::new(&info, prompts, resolved)?;
     let shape = Shape::new(
         output.dialect,
@@ -263,7 +263,7 @@ pub async fn chat_completions(
         PromptKind::Chat(&shielded),
     )?;
     let mut resolved = resolved;
-    resolved.sampling.autoregressive.logprobs = chat_logprobs(req.logprobs, req.top_logprobs)?;
+    resolved.sampling.logprobs = chat_logprobs(req.logprobs, req.top_logprobs)?;
     let include_usage = req.stream_options.is_some_and(|o| o.include_usage);
     let output = Output {
         dialect: Dialect::Chat,
