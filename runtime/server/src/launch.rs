@@ -7,6 +7,7 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -14,11 +15,17 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-use dfastllm_core::decoding::SamplingParams;
+use candle_core::Device;
+use dfastllm_core::decoding::{
+    run_to_end, CommitRule, DiffusionParams, SamplingParams, Sequence, Stepper, WithVerifier,
+};
 use dfastllm_core::device;
 use dfastllm_core::engine::{engine, EngineConfig, FaultInjector, Scheduler};
 use dfastllm_core::generation::{Generator, Prompt};
 use dfastllm_core::metrics::Metrics;
+use dfastllm_core::models::causal::CausalModel;
+use dfastllm_core::models::{self, ModelKind};
+use dfastllm_core::tokenizer::TextTokenizer;
 
 use crate::config::{GenerationConfigMode, RuntimeConfig};
 use crate::{serve, AppState, ModelInfo};
@@ -167,9 +174,16 @@ fn load_and_schedule(
         generator
             .generate(&warmup, &SamplingParams::with_defaults(8))
             .map_err(|e| format!("warm-up generation: {e}"))?;
-        Ok((generator, device))
+        let verifier = match &cfg.verifier_model {
+            Some(dir) => Some(
+                load_verifier(dir, &generator, &device)
+                    .map_err(|e| format!("--apd-verifier-model {}: {e}", dir.display()))?,
+            ),
+            None => None,
+        };
+        Ok((generator, device, verifier))
     })();
-    let (generator, device) = match result {
+    let (generator, device, verifier) = match result {
         Ok(ok) => ok,
         Err(message) => {
             tracing::error!(error = %message, "model failed to load");
@@ -190,6 +204,7 @@ fn load_and_schedule(
         dtype_reason = %model.dtype_reason,
         generation_config_defaults = ?sampling_defaults,
         demo_weights = model.is_demo,
+        apd_verifier = ?cfg.verifier_model,
         load_seconds = started.elapsed().as_secs_f64(),
         "model loaded and warmed up"
     );
@@ -205,10 +220,71 @@ fn load_and_schedule(
         sampling_defaults,
     });
     let _ = loaded.send(Ok(()));
+    match &verifier {
+        Some(verifier) => run(
+            cfg,
+            scheduler,
+            &WithVerifier {
+                model: &model,
+                verifier,
+            },
+        ),
+        None => run(cfg, scheduler, &model),
+    }
+}
+
+/// Runs the scheduler over `stepper`, behind the fault injector when a test asks.
+fn run<M: Stepper + ?Sized>(cfg: &RuntimeConfig, scheduler: Scheduler, stepper: &M) {
     if cfg.inject_faults.is_empty() {
-        scheduler.run(&model);
+        scheduler.run(stepper);
     } else {
         tracing::warn!(plan = ?cfg.inject_faults, "TEST ONLY: forward passes will fail as --inject-faults says");
-        scheduler.run(&FaultInjector::new(&model, cfg.inject_faults.clone()));
+        scheduler.run(&FaultInjector::new(stepper, cfg.inject_faults.clone()));
     }
+}
+
+/// Loads APD's verifier beside the diffusion model in `generator`, checks that it reads
+/// the model's token ids as the same text, and warms it up with one verified answer.
+fn load_verifier(
+    dir: &Path,
+    generator: &Generator,
+    device: &Device,
+) -> Result<CausalModel, String> {
+    if generator.model.network.kind() != ModelKind::Diffusion {
+        return Err(format!(
+            "the verifier runs beside a diffusion model, and {} is autoregressive",
+            generator.model.architecture
+        ));
+    }
+    let verifier = models::load_causal(dir, device, generator.model.dtype).map_err(|e| e.to_string())?;
+    let tokenizer = TextTokenizer::load(dir).map_err(|e| e.to_string())?;
+    if let Some((id, ours, theirs)) = generator.tokenizer.first_different_token(&tokenizer) {
+        return Err(format!(
+            "its tokenizer is not the model's: token {id} is {theirs:?} there and {ours:?} in the model's"
+        ));
+    }
+    let prompt = generator
+        .prompt_ids(&Prompt::Text("warm up".into()))
+        .map_err(|e| e.to_string())?;
+    let params = SamplingParams::from_diffusion(DiffusionParams {
+        commit: CommitRule::Verifier {
+            mix: 0.5,
+            max_lookahead: 4,
+        },
+        ..DiffusionParams::with_defaults(8)
+    });
+    let mut seq = Sequence::new(
+        ModelKind::Diffusion,
+        &prompt,
+        &params,
+        &generator.model.special,
+        generator.model.network.max_context(),
+    )
+    .map_err(|e| e.to_string())?;
+    let stepper = WithVerifier {
+        model: &generator.model,
+        verifier: &verifier,
+    };
+    run_to_end(&stepper, &mut seq).map_err(|e| format!("warm-up generation: {e}"))?;
+    Ok(verifier)
 }

@@ -71,6 +71,9 @@ pub struct ApdRequest {
     pub threshold: Option<f64>,
     pub factor: Option<f64>,
     pub max_parallel: Option<i64>,
+    /// The verifier's mixture weight of the diffusion model.
+    pub mix: Option<f64>,
+    pub max_lookahead: Option<i64>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -82,7 +85,12 @@ pub struct MorRequest {
 }
 
 /// The request's APD over the deployment's: unset fields keep the deployment's values.
-fn resolve_apd(req: &ApdRequest, default: CommitRule) -> Result<CommitRule, ApiError> {
+/// `verifier` is the loaded verifier's rule (`None`: no verifier model is loaded).
+fn resolve_apd(
+    req: &ApdRequest,
+    default: CommitRule,
+    verifier: Option<CommitRule>,
+) -> Result<CommitRule, ApiError> {
     let (d_threshold, d_factor, d_max) = match default {
         CommitRule::Schedule | CommitRule::Verifier { .. } => (
             DEFAULT_APD_THRESHOLD as f32,
@@ -110,10 +118,47 @@ fn resolve_apd(req: &ApdRequest, default: CommitRule) -> Result<CommitRule, ApiE
     };
     let mode = req.mode.as_deref().unwrap_or(match default {
         CommitRule::Factor { .. } => "factor",
+        CommitRule::Verifier { .. } => "verifier",
         _ => "threshold",
     });
+    if mode != "verifier" {
+        for (param, set) in [
+            ("apd.mix", req.mix.is_some()),
+            ("apd.max_lookahead", req.max_lookahead.is_some()),
+        ] {
+            if set {
+                return Err(ApiError::invalid(
+                    param,
+                    format!("{param} is only used by apd.mode verifier"),
+                ));
+            }
+        }
+    }
     match mode {
         "off" => Ok(CommitRule::Schedule),
+        "verifier" => {
+            let Some(CommitRule::Verifier { mix, max_lookahead }) = verifier else {
+                return Err(ApiError::invalid(
+                    "apd.mode",
+                    "apd.mode verifier needs a verifier model, and this deployment has none \
+                     (dfastllm serve --apd-verifier-model DIR)",
+                ));
+            };
+            let max_lookahead = match req.max_lookahead {
+                None => max_lookahead,
+                Some(m) if m >= 1 => m as usize,
+                Some(m) => {
+                    return Err(ApiError::invalid(
+                        "apd.max_lookahead",
+                        format!("apd.max_lookahead must be at least 1, got {m}"),
+                    ))
+                }
+            };
+            Ok(CommitRule::Verifier {
+                mix: req.mix.map_or(mix, |m| m as f32),
+                max_lookahead,
+            })
+        }
         "threshold" => Ok(CommitRule::Threshold {
             threshold: req.threshold.map_or(d_threshold, |t| t as f32),
             max_parallel,
@@ -124,7 +169,7 @@ fn resolve_apd(req: &ApdRequest, default: CommitRule) -> Result<CommitRule, ApiE
         }),
         other => Err(ApiError::invalid(
             "apd.mode",
-            format!("unknown apd.mode {other:?} (expected threshold, factor or off)"),
+            format!("unknown apd.mode {other:?} (expected threshold, factor, verifier or off)"),
         )),
     }
 }
@@ -441,19 +486,33 @@ pub fn resolve(
         None => default_steps(max_tokens, block_length, defaults, model.steps),
     };
     let commit = match &s.apd {
-        Some(a) => resolve_apd(a, defaults.commit)?,
+        Some(a) => resolve_apd(a, defaults.commit, defaults.verifier)?,
         None => defaults.commit,
     };
+    let verified = matches!(commit, CommitRule::Verifier { .. });
     let mor = match &s.mor {
         Some(m) => resolve_mor(m, defaults.mor)?,
+        // The verifier commits a prefix each step: the deployment's MoR is for the
+        // other rules (a request asking for both is refused below).
+        None if verified => None,
         None => defaults.mor,
     };
     let kv_cache = match &s.kv_cache {
         Some(k) => k
             .parse::<KvCacheMode>()
             .map_err(|m| ApiError::invalid("kv_cache", m))?,
+        None if verified => KvCacheMode::None,
         None => defaults.kv_cache,
     };
+    if verified && mor.is_some() {
+        return Err(ApiError::invalid("mor", "mor cannot be combined with apd.mode verifier"));
+    }
+    if verified && kv_cache != KvCacheMode::None {
+        return Err(ApiError::invalid(
+            "kv_cache",
+            "apd.mode verifier runs without a KV cache (kv_cache must be none)",
+        ));
+    }
     let top_k = match s.top_k {
         None => model.top_k.unwrap_or(0),
         Some(-1) | Some(0) => 0,

@@ -421,6 +421,48 @@ def test_diffusion_logprobs_are_reported_at_commit(tiny):
     assert e.value.body["param"] == "top_k"
 
 
+def test_apd_verifier_is_served_batched_and_checked(tiny):
+    with pytest.raises(openai.BadRequestError) as e:
+        tiny.client.completions.create(model="gpt-3.5-turbo", prompt="x", max_tokens=8,
+                                       extra_body={"apd": {"mode": "verifier"}})
+    assert e.value.body["param"] == "apd.mode" and "--apd-verifier-model" in e.value.body["message"]
+    s = Server("llada", "--max-tokens", "32", "--block-length", "8", "--batch-wait-ms", "300",
+               "--apd-verifier-model", BUNDLED_AR, model_dir=BUNDLED)
+    try:
+        def ask(prompt, **extra):
+            return s.client.completions.create(model="gpt-3.5-turbo", prompt=prompt, max_tokens=32,
+                                               temperature=0, extra_body=extra)
+        base = ask("sort 9081726=")
+        verified = ask("sort 9081726=", apd={"mode": "verifier"})
+        assert verified.choices[0].text == base.choices[0].text == "0126789"
+        passes = lambda r: r.model_extra["dfastllm"]["forward_passes"]
+        assert passes(verified) < passes(base), (passes(verified), passes(base))
+        # Verifier requests beside each other and beside another rule, in one batch.
+        prompts = ["sort 9081726=", "rev hello=", "sort 5417=", "rev abcde="]
+        alone = [ask(p, apd={"mode": "verifier"}).choices[0].text for p in prompts]
+        before = s.metrics()
+        with concurrent.futures.ThreadPoolExecutor(5) as pool:
+            futures = [pool.submit(ask, p, apd={"mode": "verifier"}) for p in prompts]
+            other_future = pool.submit(ask, "sort 9081726=", apd={"mode": "threshold"})
+            together, other = [f.result() for f in futures], other_future.result()
+        after = s.metrics()
+        assert [r.choices[0].text for r in together] == alone, "batching does not change answers"
+        assert other.choices[0].text == "0126789"
+        steps = lambda text: float(re.search(r"^dfastllm_forward_passes_total (\S+)", text, re.M).group(1))
+        assert steps(after) - steps(before) < sum(passes(r) for r in together) + passes(other), \
+            "the verifier requests shared their passes"
+        for extra, param in [({"apd": {"mode": "verifier"}, "kv_cache": "dual"}, "kv_cache"),
+                             ({"apd": {"mode": "verifier"}, "mor": {"enabled": True}}, "mor"),
+                             ({"apd": {"mode": "verifier", "mix": 2}}, "apd.mix"),
+                             ({"apd": {"mode": "verifier", "max_lookahead": 0}}, "apd.max_lookahead"),
+                             ({"apd": {"mode": "threshold", "mix": 0.5}}, "apd.mix")]:
+            with pytest.raises(openai.BadRequestError) as e:
+                ask("sort 21=", **extra)
+            assert e.value.body["param"] == param, (extra, e.value.body)
+    finally:
+        s.close()
+
+
 def test_bundled_ar_model_answers_and_stops_at_eos():
     s = Server("llama", "--max-tokens", "32", model_dir=BUNDLED_AR)
     try:

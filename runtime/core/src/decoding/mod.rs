@@ -22,6 +22,7 @@ pub use diffusion::{generate, step_batch, Answer, DiffusionSequence, FinishReaso
 pub use logprobs::{TokenLogprob, MAX_TOP_LOGPROBS};
 pub use sequence::{
     run_to_end, ArKnobs, DiffusionKnobs, SamplingParams, Sequence, StepState, Stepper,
+    WithVerifier,
 };
 pub use strategy::{CommitRule, KvCacheMode, Mor};
 

@@ -4,13 +4,13 @@
 //! sampler refuses; [`Stepper::step`] advances a batch of them without the caller
 //! knowing the kind.
 
-use crate::models::causal::CausalCache;
+use crate::models::causal::{CausalCache, CausalModel};
 use crate::models::{LoadedModel, ModelKind, Network, SpecialTokens};
 
 use super::autoregressive::{self, ArParams, ArSequence};
 use super::diffusion::{self, Answer, DiffusionSequence};
 use super::logprobs::TokenLogprob;
-use super::{CommitRule, DecodeError, DiffusionParams, KvCacheMode, Mor, Remasking};
+use super::{verifier, CommitRule, DecodeError, DiffusionParams, KvCacheMode, Mor, Remasking};
 
 /// Everything one answer is decoded with, whatever the model's kind.
 #[derive(Debug, Clone, PartialEq)]
@@ -339,6 +339,45 @@ impl Stepper for LoadedModel {
                 autoregressive::step_batch(m, &mut state.cache, &mut seqs)
             }
         }
+    }
+}
+
+/// A diffusion model served with APD's verifier beside it: sequences decoded with
+/// `apd.mode verifier` take the verifier's step (both models' passes shared by all of
+/// them), the others the model's own step, batched as usual.
+pub struct WithVerifier<'a> {
+    pub model: &'a LoadedModel,
+    pub verifier: &'a CausalModel,
+}
+
+fn is_verified(seq: &Sequence) -> bool {
+    matches!(seq, Sequence::Diffusion(d) if matches!(d.params().commit, CommitRule::Verifier { .. }))
+}
+
+impl Stepper for WithVerifier<'_> {
+    fn step(&self, batch: &mut [&mut Sequence], state: &mut StepState) -> Result<(), DecodeError> {
+        let (verified, rest): (Vec<&mut &mut Sequence>, Vec<&mut &mut Sequence>) =
+            batch.iter_mut().partition(|s| is_verified(s));
+        if !rest.is_empty() {
+            let mut rest: Vec<&mut Sequence> = rest.into_iter().map(|s| &mut **s).collect();
+            self.model.step(&mut rest, state)?;
+        }
+        if verified.is_empty() {
+            return Ok(());
+        }
+        let Network::Diffusion(m) = &self.model.network else {
+            return Err(DecodeError::Internal(
+                "the verifier runs beside a diffusion model only".into(),
+            ));
+        };
+        let mut seqs: Vec<&mut DiffusionSequence> = verified
+            .into_iter()
+            .filter_map(|s| match &mut **s {
+                Sequence::Diffusion(d) => Some(d),
+                Sequence::Autoregressive(_) => None,
+            })
+            .collect();
+        verifier::step_batch(m.as_ref(), self.verifier, &mut seqs, self.model.special.pad_id)
     }
 }
 

@@ -216,6 +216,23 @@ impl CausalModel {
         inputs: &[&[u32]],
         every_position: bool,
     ) -> Result<Tensor> {
+        if every_position {
+            let width = inputs.iter().map(|r| r.len()).max().unwrap_or(0);
+            self.step_columns(cache, first_slot, inputs, width)
+        } else {
+            self.step_columns(cache, first_slot, inputs, 1)?.squeeze(1)
+        }
+    }
+
+    /// [`Self::step`] with the LM head on the grid's last `columns` columns only:
+    /// `[n, columns, V]`.
+    fn step_columns(
+        &self,
+        cache: &mut CausalCache,
+        first_slot: usize,
+        inputs: &[&[u32]],
+        columns: usize,
+    ) -> Result<Tensor> {
         let n = inputs.len();
         if n == 0 || inputs.iter().any(|r| r.is_empty()) {
             candle_core::bail!("a causal step needs at least one new token in every row")
@@ -291,17 +308,9 @@ impl CausalModel {
         for (i, plan) in plans.iter().enumerate() {
             cache.lens[first_slot + i] = plan.cached + plan.len;
         }
-        let x = if every_position {
-            x
-        } else {
-            x.narrow(1, width - 1, 1)?
-        };
-        let logits = linear(&self.lm_head, &self.norm.forward(&x)?)?;
-        if every_position {
-            Ok(logits)
-        } else {
-            logits.squeeze(1)
-        }
+        let columns = columns.clamp(1, width);
+        let x = x.narrow(1, width - columns, columns)?;
+        linear(&self.lm_head, &self.norm.forward(&x)?)
     }
 
     /// Next-token logits `[B, T, V]` for every column of `rows` left-padded to one grid,
@@ -309,6 +318,14 @@ impl CausalModel {
     pub fn forward_full(&self, rows: &[&[u32]]) -> Result<Tensor> {
         let mut cache = CausalCache::new();
         self.step(&mut cache, 0, rows, true)
+    }
+
+    /// Logits `[B, columns, V]` of the last `columns` columns of `rows` left-padded to
+    /// one grid (so every row's last `columns` tokens, when no row is shorter), from a
+    /// fresh cache: the LM head, the widest matrix, runs on those columns only.
+    pub fn forward_last(&self, rows: &[&[u32]], columns: usize) -> Result<Tensor> {
+        let mut cache = CausalCache::new();
+        self.step_columns(&mut cache, 0, rows, columns)
     }
 }
 

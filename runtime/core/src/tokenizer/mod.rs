@@ -282,6 +282,20 @@ impl TextTokenizer {
         self.inner.id_to_token(id)
     }
 
+    /// The first id both vocabularies hold but spell differently, as `(id, ours,
+    /// theirs)`; `None` when one vocabulary extends the other (a verifier must read the
+    /// model's ids as the same text, though either may add tokens of its own at the end).
+    pub fn first_different_token(&self, other: &TextTokenizer) -> Option<(u32, String, String)> {
+        let shared = self
+            .inner
+            .get_vocab_size(true)
+            .min(other.inner.get_vocab_size(true)) as u32;
+        (0..shared).find_map(|id| {
+            let (a, b) = (self.inner.id_to_token(id), other.inner.id_to_token(id));
+            (a != b).then(|| (id, a.unwrap_or_default(), b.unwrap_or_default()))
+        })
+    }
+
     pub fn has_chat_template(&self) -> bool {
         self.chat_templates.is_some()
     }

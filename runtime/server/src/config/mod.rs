@@ -80,6 +80,8 @@ pub enum ApdMode {
     Off,
     Threshold,
     Factor,
+    /// APD's verifier: needs `decoding.apd.verifier_model`.
+    Verifier,
 }
 
 /// One layer of configuration: the flags and env (clap) or runtime.toml (serde).
@@ -444,7 +446,8 @@ pub struct ApdLayer {
     #[arg(skip)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub enabled: Option<bool>,
-    /// Adaptive parallel decoding: off, threshold or factor.
+    /// Adaptive parallel decoding: off, threshold, factor or verifier (needs
+    /// --apd-verifier-model).
     #[arg(id = "decoding.apd.mode", long = "apd", env = "DFASTLLM_APD")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub mode: Option<ApdMode>,
@@ -472,6 +475,28 @@ pub struct ApdLayer {
     )]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_parallel: Option<usize>,
+    /// An autoregressive checkpoint with the diffusion model's tokenizer, loaded beside
+    /// it: requests may then ask for `apd.mode: verifier` (and --apd verifier makes it
+    /// the deployment's rule).
+    #[arg(
+        id = "decoding.apd.verifier_model",
+        long = "apd-verifier-model",
+        env = "DFASTLLM_APD_VERIFIER_MODEL"
+    )]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub verifier_model: Option<PathBuf>,
+    /// The verifier's mixture weight R of the diffusion model (p_dLLM^R * p_AR^(1-R)).
+    #[arg(id = "decoding.apd.mix", long = "apd-mix", env = "DFASTLLM_APD_MIX")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mix: Option<f64>,
+    /// Positions the diffusion model drafts per verifier step.
+    #[arg(
+        id = "decoding.apd.max_lookahead",
+        long = "apd-max-lookahead",
+        env = "DFASTLLM_APD_MAX_LOOKAHEAD"
+    )]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_lookahead: Option<usize>,
 }
 
 /// Mixture of recursions, as the operator renders it from `spec.decoding.mor`.
@@ -518,6 +543,8 @@ pub const DEFAULT_MODEL_PATH: &str = "/mnt/models";
 pub const DEFAULT_APD_THRESHOLD: f64 = 0.9;
 pub const DEFAULT_APD_FACTOR: f64 = 1.0;
 pub const DEFAULT_MAX_PARALLEL: usize = 16;
+pub const DEFAULT_APD_MIX: f64 = 0.7;
+pub const DEFAULT_APD_MAX_LOOKAHEAD: usize = 8;
 
 /// The defaults table: the one place a knob's default is written. Knobs whose default
 /// depends on other values (served name, steps, block length) are absent and say so in
@@ -571,6 +598,9 @@ pub fn defaults() -> ConfigLayer {
                 threshold: Some(DEFAULT_APD_THRESHOLD),
                 factor: Some(DEFAULT_APD_FACTOR),
                 max_parallel: Some(DEFAULT_MAX_PARALLEL),
+                verifier_model: None,
+                mix: Some(DEFAULT_APD_MIX),
+                max_lookahead: Some(DEFAULT_APD_MAX_LOOKAHEAD),
             },
             mor: MorLayer {
                 enabled: Some(false),

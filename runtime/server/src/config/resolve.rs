@@ -27,6 +27,9 @@ pub struct DecodingDefaults {
     pub commit: CommitRule,
     pub mor: Option<Mor>,
     pub kv_cache: KvCacheMode,
+    /// The verifier's rule when a verifier model is loaded (requests may then ask for
+    /// `apd.mode: verifier`); `None` without one.
+    pub verifier: Option<CommitRule>,
 }
 
 impl Default for DecodingDefaults {
@@ -57,7 +60,17 @@ impl DecodingDefaults {
             ApdMode::Off
         };
         let max_parallel = apd.max_parallel.unwrap_or(DEFAULT_MAX_PARALLEL);
+        let verifier = apd.verifier_model.as_ref().map(|_| CommitRule::Verifier {
+            mix: apd.mix.unwrap_or(DEFAULT_APD_MIX) as f32,
+            max_lookahead: apd.max_lookahead.unwrap_or(DEFAULT_APD_MAX_LOOKAHEAD),
+        });
         let commit = match mode {
+            ApdMode::Verifier => verifier.ok_or_else(|| {
+                l.invalid(
+                    "decoding.apd.mode",
+                    "verifier needs the verifier model (--apd-verifier-model DIR)",
+                )
+            })?,
             ApdMode::Off => CommitRule::Schedule,
             ApdMode::Threshold => CommitRule::Threshold {
                 threshold: apd.threshold.unwrap_or(DEFAULT_APD_THRESHOLD) as f32,
@@ -82,8 +95,18 @@ impl DecodingDefaults {
             ),
             (
                 "decoding.apd.max_parallel",
-                mode == ApdMode::Off,
+                matches!(mode, ApdMode::Off | ApdMode::Verifier),
                 "--apd threshold or --apd factor",
+            ),
+            (
+                "decoding.apd.mix",
+                verifier.is_none(),
+                "--apd-verifier-model",
+            ),
+            (
+                "decoding.apd.max_lookahead",
+                verifier.is_none(),
+                "--apd-verifier-model",
             ),
         ];
         for (key, unused, needs) in unused_apd {
@@ -124,12 +147,34 @@ impl DecodingDefaults {
             commit,
             mor,
             kv_cache: d.kv_cache.unwrap_or_default(),
+            verifier,
         };
+        if matches!(out.commit, CommitRule::Verifier { .. }) {
+            // The verifier re-reads the whole sequence each step and commits a prefix:
+            // neither the approximate caches nor MoR's re-masking apply to it.
+            if out.kv_cache != KvCacheMode::None {
+                return Err(l.invalid("decoding.kv_cache", "must be none with --apd verifier"));
+            }
+            if out.mor.is_some() {
+                return Err(l.invalid("decoding.mor.enabled", "must be off with --apd verifier"));
+            }
+        }
         if out.gen_length == 0 {
             return Err(l.invalid("decoding.gen_length", "must be at least 1"));
         }
         if !(0.0..=2.0).contains(&d.temperature.unwrap_or_default()) {
             return Err(l.invalid("decoding.temperature", "must be between 0 and 2"));
+        }
+        if let Some(rule) = out.verifier {
+            let probe = DiffusionParams {
+                commit: rule,
+                ..DiffusionParams::with_defaults(1)
+            };
+            if let Err(DecodeError::InvalidParam { param, message }) =
+                probe.validate(1, usize::MAX)
+            {
+                return Err(l.invalid(&format!("decoding.{param}"), message));
+            }
         }
         let probe = DiffusionParams {
             remasking: out.remasking,
@@ -183,6 +228,8 @@ pub struct RuntimeConfig {
     pub rate_limit_requests_per_minute: u32,
     pub batch_wait_ms: u64,
     pub decoding: DecodingDefaults,
+    /// APD's verifier checkpoint, loaded beside the model.
+    pub verifier_model: Option<PathBuf>,
 }
 
 impl RuntimeConfig {
@@ -245,6 +292,7 @@ impl RuntimeConfig {
             rate_limit_requests_per_minute: s.rate_limit_requests_per_minute.unwrap_or_default(),
             batch_wait_ms: s.batch_wait_ms.unwrap_or_default(),
             decoding: DecodingDefaults::resolve(l)?,
+            verifier_model: l.merged.decoding.apd.verifier_model.clone(),
             model_path,
         };
         at_least_one(

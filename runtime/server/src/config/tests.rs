@@ -212,6 +212,34 @@ fn an_apd_flag_changes_one_field_of_the_files_rule() {
     );
 }
 
+#[test]
+fn the_verifier_needs_its_model_and_excludes_caches_and_mor() {
+    let cfg = resolve(&["--apd-verifier-model", "/v", "--apd-mix", "0.6"], "").unwrap();
+    assert_eq!(cfg.verifier_model.as_deref(), Some(Path::new("/v")));
+    assert_eq!(
+        cfg.decoding.verifier,
+        Some(CommitRule::Verifier {
+            mix: 0.6,
+            max_lookahead: 8
+        })
+    );
+    assert_eq!(cfg.decoding.commit, CommitRule::Schedule, "loaded, not the default rule");
+    let file = "[decoding.apd]\nenabled = true\nmode = \"verifier\"\nverifier_model = \"/v\"\n";
+    let cfg = resolve(&[], file).unwrap();
+    assert!(matches!(cfg.decoding.commit, CommitRule::Verifier { .. }));
+    let cases: [(&[&str], &str, &str); 5] = [
+        (&["--apd", "verifier"], "", "--apd:"),
+        (&["--apd-mix", "0.5"], "", "--apd-mix:"),
+        (&["--kv-cache", "dual"], file, "--kv-cache:"),
+        (&["--mor"], file, "--mor:"),
+        (&["--apd-mix", "1.5"], file, "--apd-mix:"),
+    ];
+    for (flags, file, starts) in cases {
+        let err = resolve(flags, file).unwrap_err().to_string();
+        assert!(err.starts_with(starts), "{flags:?}: {err}");
+    }
+}
+
 /// Precedence bug 2: `--mor` replaced the file's recursion counts with the flag
 /// defaults, and nothing on the flag side could turn a file's MoR off.
 #[test]
