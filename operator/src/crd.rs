@@ -73,6 +73,9 @@ pub struct DiffusionModelSpec {
     pub route: RouteSpec,
 }
 
+/// What `model.uri` and `decoding.apd.verifier.uri` accept.
+const MODEL_URI: &str = r"^(pvc://[a-z0-9]([-a-z0-9.]*[a-z0-9])?(/.*)?|host:///.*)$";
+
 fn default_replicas() -> i32 {
     1
 }
@@ -81,7 +84,7 @@ fn default_replicas() -> i32 {
 #[serde(rename_all = "camelCase")]
 pub struct ModelSpec {
     /// `pvc://<claim>[/<subpath>]`, or `host:///<path>` for development clusters.
-    #[schemars(regex(pattern = r"^(pvc://[a-z0-9]([-a-z0-9.]*[a-z0-9])?(/.*)?|host:///.*)$"))]
+    #[schemars(regex(pattern = MODEL_URI))]
     pub uri: String,
     /// Name clients send as `model`; default: metadata.name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -195,6 +198,7 @@ impl Default for GpuSpec {
 #[x_kube(validation = Rule::new("self.genLength % self.blockLength == 0").message("decoding.blockLength must divide decoding.genLength"))]
 #[x_kube(validation = Rule::new("!has(self.steps) || self.steps % (self.genLength / self.blockLength) == 0").message("decoding.steps must be a multiple of the number of blocks (genLength / blockLength)"))]
 #[x_kube(validation = Rule::new("!has(self.steps) || self.steps <= self.genLength").message("decoding.steps must not exceed decoding.genLength"))]
+#[x_kube(validation = Rule::new("self.apd.mode != 'verifier' || !self.apd.enabled || (self.kvCache == 'none' && !self.mor.enabled)").message("decoding.apd.mode verifier needs decoding.kvCache none and decoding.mor.enabled false (the verifier re-reads the sequence and commits a prefix)"))]
 pub struct DecodingSpec {
     /// Denoising steps for an answer of genLength tokens; default: one per token.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -267,6 +271,9 @@ pub enum ApdMode {
     Threshold,
     /// Commit the n-th most confident while its confidence is at least 1 - factor/(n+1).
     Factor,
+    /// APD's verifier: a small autoregressive model (`verifier.uri`) checks the
+    /// diffusion model's left-to-right draft.
+    Verifier,
 }
 
 impl ApdMode {
@@ -274,13 +281,15 @@ impl ApdMode {
         match self {
             Self::Threshold => "threshold",
             Self::Factor => "factor",
+            Self::Verifier => "verifier",
         }
     }
 }
 
 /// Adaptive parallel decoding: commit several confident positions per step.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("self.mode != 'verifier' || has(self.verifier)").message("decoding.apd.mode verifier needs decoding.apd.verifier.uri"))]
 pub struct ApdSpec {
     #[serde(default = "yes")]
     pub enabled: bool,
@@ -296,6 +305,36 @@ pub struct ApdSpec {
     #[serde(default = "default_max_parallel")]
     #[schemars(range(min = 1, max = 1024))]
     pub max_parallel: i32,
+    /// The autoregressive model (same tokenizer) loaded beside the diffusion one: with
+    /// it, requests may ask for `apd.mode: verifier`, and mode verifier makes it the
+    /// deployment's rule.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verifier: Option<VerifierSpec>,
+}
+
+/// APD's verifier model.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct VerifierSpec {
+    /// `pvc://<claim>[/<subpath>]` or `host:///<path>`, as `model.uri`.
+    #[schemars(regex(pattern = MODEL_URI))]
+    pub uri: String,
+    /// Mixture weight R of the diffusion model (p_dLLM^R * p_AR^(1-R)), a decimal string.
+    #[serde(default = "default_apd_mix")]
+    #[schemars(regex(pattern = UNIT_INTERVAL))]
+    pub mix: String,
+    /// Positions the diffusion model drafts per verifier step.
+    #[serde(default = "default_max_lookahead")]
+    #[schemars(range(min = 1, max = 1024))]
+    pub max_lookahead: i32,
+}
+
+fn default_apd_mix() -> String {
+    "0.7".into()
+}
+
+fn default_max_lookahead() -> i32 {
+    8
 }
 
 fn yes() -> bool {
@@ -322,6 +361,7 @@ impl Default for ApdSpec {
             factor: default_apd_factor(),
             threshold: default_apd_threshold(),
             max_parallel: default_max_parallel(),
+            verifier: None,
         }
     }
 }
@@ -499,36 +539,45 @@ pub enum ModelSource {
 
 impl ModelSpec {
     pub fn source(&self) -> Result<ModelSource, String> {
-        if let Some(rest) = self.uri.strip_prefix("pvc://") {
+        ModelSource::parse("model.uri", &self.uri)
+    }
+}
+
+impl VerifierSpec {
+    pub fn source(&self) -> Result<ModelSource, String> {
+        ModelSource::parse("decoding.apd.verifier.uri", &self.uri)
+    }
+}
+
+impl ModelSource {
+    /// `uri`, the value of `field`, as a volume to mount.
+    pub fn parse(field: &str, uri: &str) -> Result<ModelSource, String> {
+        if let Some(rest) = uri.strip_prefix("pvc://") {
             let (claim, subpath) = match rest.split_once('/') {
                 Some((c, p)) => (c, Some(p.trim_matches('/')).filter(|p| !p.is_empty())),
                 None => (rest, None),
             };
             if claim.is_empty() {
-                return Err(format!("model.uri {:?} names no claim", self.uri));
+                return Err(format!("{field} {uri:?} names no claim"));
             }
             if subpath.is_some_and(|p| p.split('/').any(|s| s == "..")) {
-                return Err(format!("model.uri {:?} must not contain '..'", self.uri));
+                return Err(format!("{field} {uri:?} must not contain '..'"));
             }
             Ok(ModelSource::Pvc {
                 claim: claim.to_string(),
                 subpath: subpath.map(str::to_string),
             })
-        } else if let Some(path) = self.uri.strip_prefix("host://") {
+        } else if let Some(path) = uri.strip_prefix("host://") {
             if !path.starts_with('/') {
                 return Err(format!(
-                    "model.uri {:?}: host:// needs an absolute path (host:///path)",
-                    self.uri
+                    "{field} {uri:?}: host:// needs an absolute path (host:///path)"
                 ));
             }
             Ok(ModelSource::Host {
                 path: path.to_string(),
             })
         } else {
-            Err(format!(
-                "model.uri {:?} must start with pvc:// or host://",
-                self.uri
-            ))
+            Err(format!("{field} {uri:?} must start with pvc:// or host://"))
         }
     }
 }

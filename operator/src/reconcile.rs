@@ -152,8 +152,12 @@ async fn reconcile_inner(dm: &DiffusionModel, ctx: &Context) -> Result<Action> {
         .namespace()
         .ok_or_else(|| Error::NoNamespace(dm.name_any()))?;
     let dms: Api<DiffusionModel> = Api::namespaced(ctx.client.clone(), &ns);
-    let source = match dm.spec.model.source() {
-        Ok(source) => source,
+    let sources = dm.spec.model.source().and_then(|model| {
+        let verifier = dm.spec.decoding.apd.verifier.as_ref();
+        Ok((model, verifier.map(|v| v.source()).transpose()?))
+    });
+    let (source, verifier) = match sources {
+        Ok(sources) => sources,
         Err(problem) => {
             // Nothing can be applied for a model we cannot locate; a spec edit retries.
             write_status(&dms, dm, &invalid_spec(dm, problem)).await?;
@@ -166,7 +170,7 @@ async fn reconcile_inner(dm: &DiffusionModel, ctx: &Context) -> Result<Action> {
     let storage = apply_storage(ctx, &ns, dm, &source).await?;
     let config_hash = apply_config_map(ctx, &ns, dm).await?;
     let endpoint = apply_service(ctx, &ns, dm).await?;
-    let rollout = apply_deployment(ctx, &ns, dm, &source, &config_hash).await?;
+    let rollout = apply_deployment(ctx, &ns, dm, &source, verifier.as_ref(), &config_hash).await?;
     let monitoring = apply_service_monitor(ctx, &ns, dm).await?;
     apply_route(ctx, &ns, dm).await?;
 
@@ -271,6 +275,7 @@ async fn apply_deployment(
     ns: &str,
     dm: &DiffusionModel,
     source: &ModelSource,
+    verifier: Option<&ModelSource>,
     config_hash: &str,
 ) -> Result<Rollout> {
     let name = dm.name_any();
@@ -287,7 +292,7 @@ async fn apply_deployment(
         .and_then(|a| a.get(crate::resources::CONFIG_HASH_ANNOTATION).cloned());
     let applied = apply(
         &api,
-        &deployment::deployment(dm, &ctx.config, source, config_hash),
+        &deployment::deployment(dm, &ctx.config, source, verifier, config_hash),
     )
     .await?;
     match previous_hash {

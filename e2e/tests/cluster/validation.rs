@@ -10,7 +10,7 @@ use crate::helpers::dm_api;
 #[ignore = "needs a control plane: make e2e"]
 async fn api_server_rejects_invalid_specs_naming_the_field() {
     let ns = namespace("e2e-invalid");
-    let cases: [(&str, Value, &str); 8] = [
+    let cases: [(&str, Value, &str); 11] = [
         ("gpu-count", json!({"gpu": {"count": 99}}), "spec.gpu.count"),
         (
             "remasking",
@@ -43,6 +43,21 @@ async fn api_server_rejects_invalid_specs_naming_the_field() {
             json!({"model": {"uri": null}}),
             "spec.model.uri: Required value",
         ),
+        (
+            "verifier-model",
+            json!({"decoding": {"kvCache": "none", "apd": {"mode": "verifier"}}}),
+            "decoding.apd.mode verifier needs decoding.apd.verifier.uri",
+        ),
+        (
+            "verifier-cache",
+            json!({"decoding": {"apd": {"mode": "verifier", "verifier": {"uri": "pvc://store/ar"}}}}),
+            "decoding.apd.mode verifier needs decoding.kvCache none",
+        ),
+        (
+            "verifier-uri",
+            json!({"decoding": {"apd": {"verifier": {"uri": "s3://b/ar"}}}}),
+            "spec.decoding.apd.verifier.uri",
+        ),
     ];
     for (name, patch, expected) in cases {
         let obj = diffusion_model(&format!("bad-{name}"), "pvc://store/m", patch);
@@ -65,4 +80,13 @@ async fn api_server_rejects_invalid_specs_naming_the_field() {
     );
     // The control: the same object without the mistakes is accepted.
     apply(&ns, &diffusion_model("good", "pvc://store/m", json!({})));
+    apply(
+        &ns,
+        &diffusion_model(
+            "good-verifier",
+            "pvc://store/m",
+            json!({"decoding": {"kvCache": "none",
+                   "apd": {"mode": "verifier", "verifier": {"uri": "pvc://store/ar", "mix": "0.6"}}}}),
+        ),
+    );
 }

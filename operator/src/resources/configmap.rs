@@ -10,7 +10,7 @@ use kube::ResourceExt;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-use super::{owned_meta, HTTP_PORT, MODEL_DIR};
+use super::{owned_meta, HTTP_PORT, MODEL_DIR, VERIFIER_DIR};
 use crate::crd::{DiffusionModel, KvCache, Remasking};
 use crate::gpu;
 
@@ -74,6 +74,12 @@ struct Apd {
     threshold: f64,
     factor: f64,
     max_parallel: i32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    verifier_model: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    mix: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max_lookahead: Option<i32>,
 }
 
 #[derive(Serialize)]
@@ -146,6 +152,9 @@ pub fn runtime_toml(dm: &DiffusionModel) -> String {
                 threshold: probability(&d.apd.threshold, 0.9),
                 factor: d.apd.factor.parse().unwrap_or(1.0),
                 max_parallel: d.apd.max_parallel,
+                verifier_model: d.apd.verifier.as_ref().map(|_| VERIFIER_DIR),
+                mix: d.apd.verifier.as_ref().map(|v| probability(&v.mix, 0.7)),
+                max_lookahead: d.apd.verifier.as_ref().map(|v| v.max_lookahead),
             },
             mor: Mor {
                 enabled: d.mor.enabled,
@@ -217,6 +226,29 @@ mod tests {
         assert!(toml.contains("dtype = \"f16\""), "T4 has no bf16");
         dm.spec.gpu.count = 0;
         assert!(runtime_toml(&dm).contains("device = \"cpu\""));
+    }
+
+    #[test]
+    fn the_verifier_is_rendered_only_when_set() {
+        assert!(!runtime_toml(&fixtures::llada()).contains("verifier"));
+        let mut dm = fixtures::llada();
+        dm.spec.decoding.apd.mode = crate::crd::ApdMode::Verifier;
+        dm.spec.decoding.kv_cache = KvCache::None;
+        dm.spec.decoding.apd.verifier = Some(crate::crd::VerifierSpec {
+            uri: "pvc://store/tiny-ar".into(),
+            mix: "0.6".into(),
+            max_lookahead: 4,
+        });
+        let toml = runtime_toml(&dm);
+        for line in [
+            "mode = \"verifier\"",
+            "verifier_model = \"/mnt/verifier\"",
+            "mix = 0.6",
+            "max_lookahead = 4",
+            "kv_cache = \"none\"",
+        ] {
+            assert!(toml.contains(line), "{line} in:\n{toml}");
+        }
     }
 
     #[test]

@@ -21,7 +21,7 @@ use kube::ResourceExt;
 
 use super::{
     configmap, labels, owned_meta, selector, OperatorConfig, CONFIG_DIR, CONFIG_HASH_ANNOTATION,
-    HTTP_PORT, MODEL_DIR,
+    HTTP_PORT, MODEL_DIR, VERIFIER_DIR,
 };
 use crate::crd::{DiffusionModel, ModelSource};
 
@@ -107,12 +107,13 @@ fn affinity(dm: &DiffusionModel) -> Option<Affinity> {
     })
 }
 
-/// The model volume and its mount; `host://` is for development clusters only.
-fn model_volume(source: &ModelSource) -> (Volume, VolumeMount) {
+/// A weights volume (`name`) and its read-only mount at `path`; `host://` is for
+/// development clusters only.
+fn model_volume(source: &ModelSource, name: &str, path: &str) -> (Volume, VolumeMount) {
     let (volume, sub_path) = match source {
         ModelSource::Pvc { claim, subpath } => (
             Volume {
-                name: "model".into(),
+                name: name.into(),
                 persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
                     claim_name: claim.clone(),
                     read_only: Some(true),
@@ -121,11 +122,11 @@ fn model_volume(source: &ModelSource) -> (Volume, VolumeMount) {
             },
             subpath.clone(),
         ),
-        ModelSource::Host { path } => (
+        ModelSource::Host { path: host } => (
             Volume {
-                name: "model".into(),
+                name: name.into(),
                 host_path: Some(HostPathVolumeSource {
-                    path: path.clone(),
+                    path: host.clone(),
                     type_: Some("Directory".into()),
                 }),
                 ..Volume::default()
@@ -134,8 +135,8 @@ fn model_volume(source: &ModelSource) -> (Volume, VolumeMount) {
         ),
     };
     let mount = VolumeMount {
-        name: "model".into(),
-        mount_path: MODEL_DIR.into(),
+        name: name.into(),
+        mount_path: path.into(),
         read_only: Some(true),
         sub_path,
         ..VolumeMount::default()
@@ -143,14 +144,17 @@ fn model_volume(source: &ModelSource) -> (Volume, VolumeMount) {
     (volume, mount)
 }
 
-/// The Deployment for `dm`; `config_hash` is the hash of its rendered runtime.toml.
+/// The Deployment for `dm`, its weights from `source` (and APD's verifier's from
+/// `verifier`); `config_hash` is the hash of its rendered runtime.toml.
 pub fn deployment(
     dm: &DiffusionModel,
     cfg: &OperatorConfig,
     source: &ModelSource,
+    verifier: Option<&ModelSource>,
     config_hash: &str,
 ) -> Deployment {
-    let (model_volume, model_mount) = model_volume(source);
+    let verifier = verifier.map(|v| model_volume(v, "verifier", VERIFIER_DIR));
+    let (model_volume, model_mount) = model_volume(source, "model", MODEL_DIR);
     let env = dm.spec.server.api_key_secret_ref.as_ref().map(|r| {
         vec![EnvVar {
             name: "DFASTLLM_API_KEYS".into(),
@@ -181,20 +185,25 @@ pub fn deployment(
         }]),
         env,
         resources: Some(resources(dm)),
-        volume_mounts: Some(vec![
-            model_mount,
-            VolumeMount {
-                name: "config".into(),
-                mount_path: CONFIG_DIR.into(),
-                read_only: Some(true),
-                ..VolumeMount::default()
-            },
-            VolumeMount {
-                name: "tmp".into(),
-                mount_path: "/tmp".into(),
-                ..VolumeMount::default()
-            },
-        ]),
+        volume_mounts: Some(
+            [
+                model_mount,
+                VolumeMount {
+                    name: "config".into(),
+                    mount_path: CONFIG_DIR.into(),
+                    read_only: Some(true),
+                    ..VolumeMount::default()
+                },
+                VolumeMount {
+                    name: "tmp".into(),
+                    mount_path: "/tmp".into(),
+                    ..VolumeMount::default()
+                },
+            ]
+            .into_iter()
+            .chain(verifier.as_ref().map(|(_, m)| m.clone()))
+            .collect(),
+        ),
         liveness_probe: Some(http_probe("/health", 10, 3)),
         readiness_probe: Some(http_probe("/readyz", 5, 3)),
         startup_probe: Some(http_probe(
@@ -244,22 +253,27 @@ pub fn deployment(
                 }),
                 spec: Some(PodSpec {
                     containers: vec![container],
-                    volumes: Some(vec![
-                        model_volume,
-                        Volume {
-                            name: "config".into(),
-                            config_map: Some(ConfigMapVolumeSource {
-                                name: configmap::name(dm),
-                                ..ConfigMapVolumeSource::default()
-                            }),
-                            ..Volume::default()
-                        },
-                        Volume {
-                            name: "tmp".into(),
-                            empty_dir: Some(EmptyDirVolumeSource::default()),
-                            ..Volume::default()
-                        },
-                    ]),
+                    volumes: Some(
+                        [
+                            model_volume,
+                            Volume {
+                                name: "config".into(),
+                                config_map: Some(ConfigMapVolumeSource {
+                                    name: configmap::name(dm),
+                                    ..ConfigMapVolumeSource::default()
+                                }),
+                                ..Volume::default()
+                            },
+                            Volume {
+                                name: "tmp".into(),
+                                empty_dir: Some(EmptyDirVolumeSource::default()),
+                                ..Volume::default()
+                            },
+                        ]
+                        .into_iter()
+                        .chain(verifier.map(|(v, _)| v))
+                        .collect(),
+                    ),
                     node_selector: dm.spec.node_selector.clone(),
                     tolerations: tolerations(dm),
                     affinity: affinity(dm),
@@ -290,7 +304,15 @@ mod tests {
 
     fn build(dm: &DiffusionModel) -> (PodSpec, Container) {
         let source = dm.spec.model.source().unwrap();
-        let d = deployment(dm, &OperatorConfig::default(), &source, "abc");
+        let verifier = dm.spec.decoding.apd.verifier.as_ref();
+        let verifier = verifier.map(|v| v.source().unwrap());
+        let d = deployment(
+            dm,
+            &OperatorConfig::default(),
+            &source,
+            verifier.as_ref(),
+            "abc",
+        );
         let pod = d.spec.unwrap().template.spec.unwrap();
         let c = pod.containers[0].clone();
         (pod, c)
@@ -396,7 +418,7 @@ mod tests {
             key: "api-keys".into(),
         });
         let source = dm.spec.model.source().unwrap();
-        let d = deployment(&dm, &OperatorConfig::default(), &source, "feedbeef");
+        let d = deployment(&dm, &OperatorConfig::default(), &source, None, "feedbeef");
         let template = d.spec.unwrap().template;
         assert_eq!(
             template.metadata.unwrap().annotations.unwrap()[CONFIG_HASH_ANNOTATION],
@@ -418,6 +440,36 @@ mod tests {
             ),
             ("DFASTLLM_API_KEYS", "keys", "api-keys")
         );
+    }
+
+    #[test]
+    fn the_verifier_is_mounted_read_only_beside_the_model() {
+        let mut dm = fixtures::llada();
+        dm.spec.decoding.apd.verifier = Some(crate::crd::VerifierSpec {
+            uri: "pvc://store/tiny-ar".into(),
+            mix: "0.7".into(),
+            max_lookahead: 8,
+        });
+        let (pod, c) = build(&dm);
+        let mounts = c.volume_mounts.unwrap();
+        let mount = mounts.iter().find(|m| m.name == "verifier").unwrap();
+        assert_eq!(
+            (
+                mount.mount_path.as_str(),
+                mount.sub_path.as_deref(),
+                mount.read_only
+            ),
+            (VERIFIER_DIR, Some("tiny-ar"), Some(true))
+        );
+        let volumes = pod.volumes.unwrap();
+        let volume = volumes.iter().find(|v| v.name == "verifier").unwrap();
+        let claim = volume.persistent_volume_claim.as_ref().unwrap();
+        assert_eq!(
+            (claim.claim_name.as_str(), claim.read_only),
+            ("store", Some(true))
+        );
+        let (plain, _) = build(&fixtures::llada());
+        assert!(plain.volumes.unwrap().iter().all(|v| v.name != "verifier"));
     }
 
     #[test]

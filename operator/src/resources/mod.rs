@@ -21,6 +21,8 @@ pub const HTTP_PORT: i32 = 8000;
 /// Where the ConfigMap is mounted; the runtime reads `runtime.toml` from it.
 pub const CONFIG_DIR: &str = "/etc/dfastllm";
 pub const MODEL_DIR: &str = "/mnt/models";
+/// Where APD's verifier model is mounted (`decoding.apd.verifier.uri`).
+pub const VERIFIER_DIR: &str = "/mnt/verifier";
 pub const CONFIG_HASH_ANNOTATION: &str = "dfastllm.io/config-hash";
 
 /// What the operator was started with that shapes every child.

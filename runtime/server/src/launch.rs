@@ -256,7 +256,8 @@ fn load_verifier(
             generator.model.architecture
         ));
     }
-    let verifier = models::load_causal(dir, device, generator.model.dtype).map_err(|e| e.to_string())?;
+    let verifier =
+        models::load_causal(dir, device, generator.model.dtype).map_err(|e| e.to_string())?;
     let tokenizer = TextTokenizer::load(dir).map_err(|e| e.to_string())?;
     if let Some((id, ours, theirs)) = generator.tokenizer.first_different_token(&tokenizer) {
         return Err(format!(

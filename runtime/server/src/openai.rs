@@ -505,7 +505,10 @@ pub fn resolve(
         None => defaults.kv_cache,
     };
     if verified && mor.is_some() {
-        return Err(ApiError::invalid("mor", "mor cannot be combined with apd.mode verifier"));
+        return Err(ApiError::invalid(
+            "mor",
+            "mor cannot be combined with apd.mode verifier",
+        ));
     }
     if verified && kv_cache != KvCacheMode::None {
         return Err(ApiError::invalid(

@@ -21,8 +21,7 @@ pub use autoregressive::{ArParams, ArSequence};
 pub use diffusion::{generate, step_batch, Answer, DiffusionSequence, FinishReason};
 pub use logprobs::{TokenLogprob, MAX_TOP_LOGPROBS};
 pub use sequence::{
-    run_to_end, ArKnobs, DiffusionKnobs, SamplingParams, Sequence, StepState, Stepper,
-    WithVerifier,
+    run_to_end, ArKnobs, DiffusionKnobs, SamplingParams, Sequence, StepState, Stepper, WithVerifier,
 };
 pub use strategy::{CommitRule, KvCacheMode, Mor};
 

@@ -377,7 +377,12 @@ impl Stepper for WithVerifier<'_> {
                 Sequence::Autoregressive(_) => None,
             })
             .collect();
-        verifier::step_batch(m.as_ref(), self.verifier, &mut seqs, self.model.special.pad_id)
+        verifier::step_batch(
+            m.as_ref(),
+            self.verifier,
+            &mut seqs,
+            self.model.special.pad_id,
+        )
     }
 }
 

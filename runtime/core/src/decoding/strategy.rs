@@ -22,8 +22,8 @@ pub enum CommitRule {
     /// scores the dLLM's left-to-right draft of up to `max_lookahead` positions; the
     /// target is the product mixture `p_dLLM^mix * p_AR^(1 - mix)`, sampled with the
     /// draft's Gumbel noise, and the longest agreeing prefix is committed (plus the
-    /// target's token at the first disagreement). Needs the verifier model, so only
-    /// `dfastllm eval --apd-verifier` runs it so far.
+    /// target's token at the first disagreement). Needs the verifier model beside the
+    /// diffusion one (`decoding::WithVerifier`, `dfastllm eval --apd-verifier`).
     Verifier { mix: f32, max_lookahead: usize },
 }
 

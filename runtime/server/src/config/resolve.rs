@@ -170,8 +170,7 @@ impl DecodingDefaults {
                 commit: rule,
                 ..DiffusionParams::with_defaults(1)
             };
-            if let Err(DecodeError::InvalidParam { param, message }) =
-                probe.validate(1, usize::MAX)
+            if let Err(DecodeError::InvalidParam { param, message }) = probe.validate(1, usize::MAX)
             {
                 return Err(l.invalid(&format!("decoding.{param}"), message));
             }

@@ -223,7 +223,11 @@ fn the_verifier_needs_its_model_and_excludes_caches_and_mor() {
             max_lookahead: 8
         })
     );
-    assert_eq!(cfg.decoding.commit, CommitRule::Schedule, "loaded, not the default rule");
+    assert_eq!(
+        cfg.decoding.commit,
+        CommitRule::Schedule,
+        "loaded, not the default rule"
+    );
     let file = "[decoding.apd]\nenabled = true\nmode = \"verifier\"\nverifier_model = \"/v\"\n";
     let cfg = resolve(&[], file).unwrap();
     assert!(matches!(cfg.decoding.commit, CommitRule::Verifier { .. }));
