@@ -174,6 +174,8 @@ pub struct GpuSpec {
     /// `nvidia.com/gpu.product` node label, e.g. NVIDIA-L40S; also picks the GPU profile.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub product: Option<String>,
+    /// Share of GPU memory the runtime may fill, KV caches included (vLLM's
+    /// `--gpu-memory-utilization`), a decimal string; default 0.9.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = UNIT_INTERVAL))]
     pub memory_utilization: Option<String>,

@@ -53,6 +53,9 @@ struct ServerSection {
     breaker_failure_threshold: Option<i32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     breaker_recovery_seconds: Option<i32>,
+    /// `gpu.memoryUtilization`: the share of GPU memory the runtime may fill.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    gpu_memory_utilization: Option<f64>,
 }
 
 #[derive(Serialize)]
@@ -130,6 +133,11 @@ pub fn runtime_toml(dm: &DiffusionModel) -> String {
                 .map(|r| r.requests_per_minute),
             breaker_failure_threshold: breaker.and_then(|b| b.failure_threshold),
             breaker_recovery_seconds: breaker.and_then(|b| b.recovery_seconds),
+            gpu_memory_utilization: spec
+                .gpu
+                .memory_utilization
+                .as_deref()
+                .map(|u| probability(u, 0.9)),
         },
         decoding: DecodingSection {
             gen_length: d.gen_length,
@@ -226,6 +234,14 @@ mod tests {
         assert!(toml.contains("dtype = \"f16\""), "T4 has no bf16");
         dm.spec.gpu.count = 0;
         assert!(runtime_toml(&dm).contains("device = \"cpu\""));
+    }
+
+    #[test]
+    fn gpu_memory_utilization_reaches_the_runtime() {
+        assert!(!runtime_toml(&fixtures::llada()).contains("gpu_memory_utilization"));
+        let mut dm = fixtures::llada();
+        dm.spec.gpu.memory_utilization = Some("0.8".into());
+        assert!(runtime_toml(&dm).contains("gpu_memory_utilization = 0.8"));
     }
 
     #[test]

@@ -18,6 +18,7 @@ pub mod demo;
 pub mod device;
 pub mod engine;
 pub mod generation;
+pub mod gpu;
 pub mod inspect;
 pub mod metrics;
 pub mod models;

@@ -1,6 +1,8 @@
 //! Prometheus metrics (design §4 names, prefix `dfastllm_`), shared by the engine, which
 //! sees forward passes and batches, and the server, which sees requests.
 
+use std::sync::atomic::AtomicU64;
+
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -61,6 +63,19 @@ pub struct Metrics {
     pub idempotency_waiting: Gauge,
     pub tool_calls: Counter,
     pub response_format_invalid: Counter,
+    /// Reserved over budgeted KV-cache bytes (`--gpu-memory-utilization`).
+    pub kv_cache_usage_ratio: Gauge<f64, AtomicU64>,
+    pub kv_cache_budget_bytes: Gauge,
+    pub gpu_utilization_ratio: Gauge<f64, AtomicU64>,
+    pub gpu_temperature_celsius: Gauge<f64, AtomicU64>,
+    pub gpu_power_watts: Gauge<f64, AtomicU64>,
+    /// Admissions that found GPU memory above the guard's `warn` or `critical` level.
+    pub gpu_memory_pressure: Family<LevelLabels, Counter>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LevelLabels {
+    pub level: String,
 }
 
 impl Default for Metrics {
@@ -101,6 +116,12 @@ impl Metrics {
             idempotency_waiting: Gauge::default(),
             tool_calls: Counter::default(),
             response_format_invalid: Counter::default(),
+            kv_cache_usage_ratio: Gauge::default(),
+            kv_cache_budget_bytes: Gauge::default(),
+            gpu_utilization_ratio: Gauge::default(),
+            gpu_temperature_celsius: Gauge::default(),
+            gpu_power_watts: Gauge::default(),
+            gpu_memory_pressure: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -232,6 +253,36 @@ impl Metrics {
             "idempotency_waiting",
             "Repeats waiting for the first request with their Idempotency-Key to finish",
             m.idempotency_waiting.clone(),
+        );
+        registry.register(
+            "kv_cache_usage_ratio",
+            "KV-cache bytes the running sequences reserve over the --gpu-memory-utilization budget (0 without one)",
+            m.kv_cache_usage_ratio.clone(),
+        );
+        registry.register(
+            "kv_cache_budget_bytes",
+            "The KV-cache budget left by --gpu-memory-utilization after loading (0: no budget)",
+            m.kv_cache_budget_bytes.clone(),
+        );
+        registry.register(
+            "gpu_utilization_ratio",
+            "GPU busy time over NVML's last sample period, 0 to 1 (read at scrape)",
+            m.gpu_utilization_ratio.clone(),
+        );
+        registry.register(
+            "gpu_temperature_celsius",
+            "GPU die temperature from NVML (read at scrape)",
+            m.gpu_temperature_celsius.clone(),
+        );
+        registry.register(
+            "gpu_power_watts",
+            "GPU power draw from NVML (read at scrape)",
+            m.gpu_power_watts.clone(),
+        );
+        registry.register(
+            "gpu_memory_pressure",
+            "Admissions that found GPU memory above the guard's warn or critical level",
+            m.gpu_memory_pressure.clone(),
         );
         registry.register(
             "build",

@@ -45,6 +45,9 @@ pub enum ApiError {
         "the model is failing and the circuit breaker is open; retry in {retry_after_seconds} s"
     )]
     CircuitOpen { retry_after_seconds: u64 },
+    /// GPU memory is above the guard's critical level (`--gpu-memory-critical`).
+    #[error("GPU memory is {used_percent}% used, above the server's critical level; retry later")]
+    MemoryFull { used_percent: u32 },
     /// An `Idempotency-Key` seen before with a different request body.
     #[error("this Idempotency-Key was used with a different request body; send a new key for a new request")]
     IdempotencyConflict,
@@ -68,9 +71,10 @@ impl ApiError {
             Self::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             Self::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::RateLimited { .. } | Self::QueueFull => StatusCode::TOO_MANY_REQUESTS,
-            Self::Unavailable(_) | Self::ModelFailed(_) | Self::CircuitOpen { .. } => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            Self::Unavailable(_)
+            | Self::ModelFailed(_)
+            | Self::CircuitOpen { .. }
+            | Self::MemoryFull { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Self::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
             Self::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             Self::IdempotencyConflict => StatusCode::UNPROCESSABLE_ENTITY,
@@ -89,9 +93,10 @@ impl ApiError {
             Self::Unauthorized(_) => "authentication_error",
             Self::ModelNotFound(_) | Self::RouteNotFound(_) => "not_found_error",
             Self::RateLimited { .. } | Self::QueueFull => "rate_limit_error",
-            Self::Unavailable(_) | Self::ModelFailed(_) | Self::CircuitOpen { .. } => {
-                "service_unavailable_error"
-            }
+            Self::Unavailable(_)
+            | Self::ModelFailed(_)
+            | Self::CircuitOpen { .. }
+            | Self::MemoryFull { .. } => "service_unavailable_error",
             Self::Timeout(_) => "timeout_error",
             Self::Internal(_) => "server_error",
         }
@@ -109,6 +114,7 @@ impl ApiError {
             Self::BodyTimeout(_) => Some("request_timeout"),
             Self::ModelFailed(_) => Some("model_failed"),
             Self::CircuitOpen { .. } => Some("circuit_open"),
+            Self::MemoryFull { .. } => Some("gpu_memory_full"),
             Self::IdempotencyConflict => Some("idempotency_key_reused"),
             _ => None,
         }
@@ -129,6 +135,7 @@ impl ApiError {
             Self::BodyTimeout(_) => "body_timeout",
             Self::ModelFailed(_) => "model_failed",
             Self::CircuitOpen { .. } => "circuit_open",
+            Self::MemoryFull { .. } => "memory",
             Self::IdempotencyConflict => "idempotency_conflict",
             Self::Internal(_) => "internal",
         }
@@ -171,7 +178,7 @@ impl IntoResponse for ApiError {
                 retry_after_seconds,
             } => Some(retry_after_seconds),
             // The queue turns over in about one decode; a second is the honest hint.
-            Self::QueueFull | Self::ModelFailed(_) => Some(1),
+            Self::QueueFull | Self::ModelFailed(_) | Self::MemoryFull { .. } => Some(1),
             Self::CircuitOpen {
                 retry_after_seconds,
             } => Some(retry_after_seconds),

@@ -19,9 +19,10 @@ use candle_core::Device;
 use dfastllm_core::decoding::{
     run_to_end, CommitRule, DiffusionParams, SamplingParams, Sequence, Stepper, WithVerifier,
 };
-use dfastllm_core::device;
+use dfastllm_core::device::{self, DeviceChoice};
 use dfastllm_core::engine::{engine, EngineConfig, FaultInjector, Scheduler};
 use dfastllm_core::generation::{Generator, Prompt};
+use dfastllm_core::gpu::{GpuProbe, NvmlProbe};
 use dfastllm_core::metrics::Metrics;
 use dfastllm_core::models::causal::CausalModel;
 use dfastllm_core::models::{self, ModelKind};
@@ -208,6 +209,25 @@ fn load_and_schedule(
         load_seconds = started.elapsed().as_secs_f64(),
         "model loaded and warmed up"
     );
+    match gpu_probe(cfg, &device) {
+        Ok(probe) => {
+            let per_token = model.network.kv_bytes_per_token() as u64;
+            let budget =
+                state
+                    .engine
+                    .memory()
+                    .install(probe, cfg.memory_guard, per_token, &state.metrics);
+            tracing::info!(
+                warn = cfg.memory_guard.warn,
+                critical = cfg.memory_guard.critical,
+                gpu_memory_utilization = cfg.memory_guard.utilization,
+                kv_cache_budget_bytes = budget.map(|b| b.bytes),
+                kv_bytes_per_token = per_token,
+                "GPU memory guard on"
+            );
+        }
+        Err(reason) => tracing::info!(%reason, "GPU memory guard off"),
+    }
     state.set_ready(ModelInfo {
         tokenizer,
         special: model.special.clone(),
@@ -231,6 +251,22 @@ fn load_and_schedule(
         ),
         None => run(cfg, scheduler, &model),
     }
+}
+
+/// The memory guard's probe: the test plan's fixed reading, else NVML for the CUDA
+/// device (its ordinal is NVML's index inside a pod, which sees only its own GPUs).
+fn gpu_probe(cfg: &RuntimeConfig, device: &Device) -> Result<Box<dyn GpuProbe>, String> {
+    if let Some(fixed) = cfg.inject_faults.gpu_memory() {
+        return Ok(Box::new(fixed));
+    }
+    if device.is_cpu() {
+        return Err("the model runs on the CPU".into());
+    }
+    let index = match cfg.device {
+        DeviceChoice::Cuda(n) => n as u32,
+        _ => 0,
+    };
+    Ok(Box::new(NvmlProbe::open(index)?))
 }
 
 /// Runs the scheduler over `stepper`, behind the fault injector when a test asks.

@@ -281,3 +281,64 @@ async fn failing_passes_answer_503_open_the_breaker_and_it_recovers() {
         "{metrics}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gpu_memory_above_critical_answers_503_and_the_gpu_is_in_metrics() {
+    // The fault plan fixes the GPU reading at 96% used (TEST ONLY; NVML in service).
+    let stack = start(EngineMode::Running, |c| {
+        c.inject_faults = "gpu_memory=96000/100000".parse().unwrap();
+    })
+    .await;
+    let r = reqwest::Client::new()
+        .post(format!("{}/v1/completions", stack.base))
+        .json(&json!({"prompt": "x", "max_tokens": 4, "steps": 4}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 503);
+    assert_eq!(r.headers()["retry-after"], "1");
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "gpu_memory_full", "{body}");
+    assert!(
+        body["error"]["message"].as_str().unwrap().contains("96%"),
+        "{body}"
+    );
+    let text = stack.metrics().await;
+    for (name, value) in [
+        ("dfastllm_gpu_memory_used_bytes", 96000.0),
+        ("dfastllm_gpu_memory_total_bytes", 100000.0),
+        ("dfastllm_gpu_utilization_ratio", 0.5),
+        ("dfastllm_gpu_temperature_celsius", 40.0),
+        ("dfastllm_gpu_power_watts", 100.0),
+    ] {
+        assert_eq!(metric(&text, name), value, "{name} in\n{text}");
+    }
+    assert!(
+        text.contains("dfastllm_requests_rejected_total{reason=\"memory\"} 1"),
+        "{text}"
+    );
+    assert!(text.contains("dfastllm_gpu_memory_pressure_total{level=\"critical\"} 1"));
+    // Loading already used more than --gpu-memory-utilization allows: no cache budget.
+    assert_eq!(metric(&text, "dfastllm_kv_cache_budget_bytes"), 0.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gpu_memory_below_critical_serves_within_a_kv_budget() {
+    let stack = start(EngineMode::Running, |c| {
+        c.inject_faults = "gpu_memory=10000000/100000000".parse().unwrap();
+    })
+    .await;
+    let (status, body) = stack
+        .post(
+            "/v1/completions",
+            json!({"prompt": "x", "max_tokens": 4, "steps": 4}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let text = stack.metrics().await;
+    assert_eq!(
+        metric(&text, "dfastllm_kv_cache_budget_bytes"),
+        0.9 * 1e8 - 1e7,
+        "the utilisation's share less what loading used"
+    );
+}

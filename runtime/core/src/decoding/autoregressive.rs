@@ -193,6 +193,11 @@ impl ArSequence {
         &self.generated
     }
 
+    /// Prompt plus the longest answer the context allows.
+    pub fn max_len(&self) -> usize {
+        (self.prompt.len() + self.params.max_tokens).min(self.max_context)
+    }
+
     pub fn logprobs(&self) -> &[TokenLogprob] {
         &self.logprobs
     }

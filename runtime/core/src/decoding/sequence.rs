@@ -219,6 +219,15 @@ impl Sequence {
         }
     }
 
+    /// The most tokens (prompt plus answer) the sequence can reach: what its cache is
+    /// sized for.
+    pub fn max_len(&self) -> usize {
+        match self {
+            Self::Diffusion(s) => s.tokens().len(),
+            Self::Autoregressive(s) => s.max_len(),
+        }
+    }
+
     /// Answer positions holding a committed token.
     pub fn committed_answer_tokens(&self) -> usize {
         match self {

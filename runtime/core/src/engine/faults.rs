@@ -4,7 +4,9 @@
 //! out-of-memory halving are proven without a GPU.
 //!
 //! A plan is a comma-separated list of `KIND@PASSES`: `oom@3`, `error@5-9`, `oom@2-`.
-//! Passes count every call to the model's step from 1, retries included.
+//! Passes count every call to the model's step from 1, retries included. One more item,
+//! `gpu_memory=USED/TOTAL` (bytes), makes the GPU memory guard read that fixed reading
+//! instead of NVML, so the guard and the cache budget are tested without a GPU.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -32,6 +34,7 @@ struct Fault {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct FaultPlan {
     faults: Vec<Fault>,
+    gpu_memory: Option<(u64, u64)>,
 }
 
 impl std::str::FromStr for FaultPlan {
@@ -39,10 +42,16 @@ impl std::str::FromStr for FaultPlan {
 
     fn from_str(s: &str) -> Result<Self, String> {
         let bad = |part: &str| {
-            format!("{part:?}: expected KIND@PASSES with KIND oom or error and PASSES N, N-M or N- (passes count from 1)")
+            format!("{part:?}: expected KIND@PASSES with KIND oom or error and PASSES N, N-M or N- (passes count from 1), or gpu_memory=USED/TOTAL")
         };
         let mut faults = Vec::new();
+        let mut gpu_memory = None;
         for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            if let Some(reading) = part.strip_prefix("gpu_memory=") {
+                let probe = crate::gpu::FixedProbe::parse(reading)?;
+                gpu_memory = Some((probe.0.used_bytes, probe.0.total_bytes));
+                continue;
+            }
             let (kind, passes) = part.split_once('@').ok_or_else(|| bad(part))?;
             let kind = match kind {
                 "oom" => FaultKind::OutOfMemory,
@@ -66,13 +75,20 @@ impl std::str::FromStr for FaultPlan {
             };
             faults.push(Fault { kind, from, to });
         }
-        Ok(Self { faults })
+        Ok(Self { faults, gpu_memory })
     }
 }
 
 impl FaultPlan {
     pub fn is_empty(&self) -> bool {
-        self.faults.is_empty()
+        self.faults.is_empty() && self.gpu_memory.is_none()
+    }
+
+    /// The fixed GPU reading the plan asks for (`gpu_memory=USED/TOTAL`).
+    pub fn gpu_memory(&self) -> Option<crate::gpu::FixedProbe> {
+        self.gpu_memory.and_then(|(used, total)| {
+            crate::gpu::FixedProbe::parse(&format!("{used}/{total}")).ok()
+        })
     }
 
     fn at(&self, pass: u64) -> Option<FaultKind> {

@@ -9,10 +9,12 @@
 
 mod breaker;
 mod faults;
+mod memory;
 mod queue;
 
 pub use breaker::{BreakerConfig, BreakerState};
 pub use faults::{is_out_of_memory, FaultInjector, FaultKind, FaultPlan};
+pub use memory::{KvBudget, MemoryCritical, MemoryGuard, MemoryGuardConfig};
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -73,6 +75,9 @@ pub enum SubmitError {
     /// The circuit breaker is open (the model failed pass after pass).
     #[error("the model is failing; the circuit breaker is open")]
     BreakerOpen { retry_after: Duration },
+    /// GPU memory is above the guard's critical level.
+    #[error("GPU memory is {used_percent}% used, above the guard's critical level")]
+    MemoryCritical { used_percent: u32 },
 }
 
 /// One sequence to decode.
@@ -96,6 +101,7 @@ pub struct EngineHandle {
     _alive: Arc<HandlesAlive>,
     metrics: Arc<Metrics>,
     breaker: Arc<breaker::Breaker>,
+    memory: Arc<MemoryGuard>,
 }
 
 struct HandlesAlive(Arc<queue::Queue>);
@@ -118,6 +124,11 @@ impl EngineHandle {
         self.breaker
             .admit(enqueued, &self.metrics)
             .map_err(|retry_after| SubmitError::BreakerOpen { retry_after })?;
+        self.memory
+            .admit(&self.metrics)
+            .map_err(|c| SubmitError::MemoryCritical {
+                used_percent: (c.ratio * 100.0).round() as u32,
+            })?;
         let items = submissions
             .into_iter()
             .map(|submission| Queued {
@@ -144,6 +155,11 @@ impl EngineHandle {
     pub fn breaker_state(&self) -> BreakerState {
         self.breaker.state()
     }
+
+    /// The GPU memory guard: installed after loading, read at scrape.
+    pub fn memory(&self) -> &MemoryGuard {
+        &self.memory
+    }
 }
 
 /// The scheduler half: run it on a thread of its own with the model.
@@ -152,6 +168,7 @@ pub struct Scheduler {
     metrics: Arc<Metrics>,
     config: EngineConfig,
     breaker: Arc<breaker::Breaker>,
+    memory: Arc<MemoryGuard>,
 }
 
 impl Drop for Scheduler {
@@ -164,11 +181,13 @@ impl Drop for Scheduler {
 pub fn engine(config: EngineConfig, metrics: Arc<Metrics>) -> (EngineHandle, Scheduler) {
     let queue = Arc::new(queue::Queue::new(config.max_queue));
     let breaker = Arc::new(breaker::Breaker::new(config.breaker, &metrics));
+    let memory = Arc::new(MemoryGuard::default());
     let handle = EngineHandle {
         queue: queue.clone(),
         _alive: Arc::new(HandlesAlive(queue.clone())),
         metrics: metrics.clone(),
         breaker: breaker.clone(),
+        memory: memory.clone(),
     };
     (
         handle,
@@ -177,6 +196,7 @@ pub fn engine(config: EngineConfig, metrics: Arc<Metrics>) -> (EngineHandle, Sch
             metrics,
             config,
             breaker,
+            memory,
         },
     )
 }
@@ -245,11 +265,13 @@ impl Scheduler {
             self.admit_waiting(&mut batch);
             self.drop_abandoned(&mut batch);
             self.metrics.requests_running.set(batch.active.len() as i64);
+            self.publish_kv_usage(&batch.active);
             if batch.active.is_empty() {
                 continue;
             }
             self.iterate(model, &mut batch);
             self.metrics.requests_running.set(batch.active.len() as i64);
+            self.publish_kv_usage(&batch.active);
         }
     }
 
@@ -270,7 +292,10 @@ impl Scheduler {
         let until = Instant::now() + self.config.batch_wait;
         while batch.active.len() < batch.limit {
             match self.queue.pop(Some(until)) {
-                Some(q) => self.admit(q, &mut batch.active),
+                Some(q) if self.fits(&batch.active, &q.submission.sequence) => {
+                    self.admit(q, &mut batch.active)
+                }
+                Some(q) => return self.queue.unpop(q),
                 None => return,
             }
         }
@@ -283,9 +308,41 @@ impl Scheduler {
                 continue;
             }
             match self.queue.try_pop() {
-                Some(q) => self.admit(q, &mut batch.active),
+                Some(q) if self.fits(&batch.active, &q.submission.sequence) => {
+                    self.admit(q, &mut batch.active)
+                }
+                Some(q) => return self.queue.unpop(q),
                 None => return,
             }
+        }
+    }
+
+    /// Whether `seq`'s cache fits the KV budget beside `active`'s (always, without a
+    /// budget; always, when nothing runs: one sequence at a time rather than none). The
+    /// queue keeps its order: the first that does not fit waits, and so do those after
+    /// it, so a long request is never starved by short ones.
+    fn fits(&self, active: &[Active], seq: &Sequence) -> bool {
+        let Some(budget) = self.memory.budget() else {
+            return true;
+        };
+        let reserved = self.reserved(active, budget);
+        active.is_empty() || reserved + budget.bytes_for(seq.max_len()) <= budget.bytes
+    }
+
+    fn reserved(&self, active: &[Active], budget: KvBudget) -> u64 {
+        active
+            .iter()
+            .map(|a| budget.bytes_for(a.submission.sequence.max_len()))
+            .sum()
+    }
+
+    /// `dfastllm_kv_cache_usage_ratio`: what the running sequences reserve of the budget.
+    fn publish_kv_usage(&self, active: &[Active]) {
+        if let Some(budget) = self.memory.budget() {
+            let reserved = self.reserved(active, budget) as f64;
+            self.metrics
+                .kv_cache_usage_ratio
+                .set(reserved / (budget.bytes.max(1) as f64));
         }
     }
 

@@ -101,6 +101,12 @@ impl Queue {
         self.lock().items.pop_front()
     }
 
+    /// Puts back at the front what [`Self::try_pop`] or [`Self::pop`] took and the
+    /// scheduler could not admit yet (the cache budget is full): it keeps its place.
+    pub(super) fn unpop(&self, q: Queued) {
+        self.lock().items.push_front(q);
+    }
+
     pub(super) fn len(&self) -> usize {
         self.lock().items.len()
     }

@@ -458,3 +458,65 @@ fn after_the_recovery_window_one_probe_decides_and_a_good_pass_closes_the_breake
     drop(handle);
     thread.join().unwrap();
 }
+
+fn guarded(reading: &str, bytes_per_token: u64) -> (EngineHandle, Scheduler, Arc<Metrics>) {
+    let metrics = Arc::new(Metrics::new());
+    let (handle, scheduler) = engine(config(4), metrics.clone());
+    handle.memory().install(
+        Box::new(crate::gpu::FixedProbe::parse(reading).unwrap()),
+        MemoryGuardConfig::default(),
+        bytes_per_token,
+        &metrics,
+    );
+    (handle, scheduler, metrics)
+}
+
+#[test]
+fn the_kv_budget_keeps_sequences_waiting_rather_than_overcommitting() {
+    // 0.9 x 1000 bytes with nothing used: 900 bytes; a sequence of 2 + 4 tokens at 75
+    // bytes a token reserves 450, so two run at once although four places are free.
+    let (handle, scheduler, metrics) = guarded("0/1000", 75);
+    assert_eq!(handle.memory().budget().unwrap().bytes, 900);
+    let mut rxs = Vec::new();
+    for _ in 0..3 {
+        let (s, rx) = submission(4);
+        handle.submit(s).unwrap();
+        rxs.push(rx);
+    }
+    drop(handle);
+    let fake = Fake::new();
+    scheduler.run(&fake);
+    assert_eq!(fake.batches(), [2, 2, 2, 2, 1, 1, 1, 1]);
+    for rx in &mut rxs {
+        assert_eq!(
+            done_tokens(drain(rx).1),
+            [3, 3, 3, 3],
+            "the third waited, then ran"
+        );
+    }
+    assert!(metrics
+        .encode()
+        .contains("dfastllm_kv_cache_budget_bytes 900"));
+
+    // A budget smaller than one sequence still runs one at a time, never none.
+    let (handle, scheduler, _) = guarded("890/1000", 75);
+    let (s, mut rx) = submission(4);
+    handle.submit(s).unwrap();
+    drop(handle);
+    scheduler.run(&Fake::new());
+    assert_eq!(done_tokens(drain(&mut rx).1), [3, 3, 3, 3]);
+}
+
+#[test]
+fn critical_gpu_memory_refuses_admission() {
+    let (handle, _scheduler, metrics) = guarded("960/1000", 1);
+    let (s, _rx) = submission(2);
+    assert_eq!(
+        handle.submit(s).unwrap_err(),
+        SubmitError::MemoryCritical { used_percent: 96 }
+    );
+    assert_eq!(handle.waiting(), 0, "nothing was queued");
+    assert!(metrics
+        .encode()
+        .contains("dfastllm_gpu_memory_pressure_total{level=\"critical\"} 1"));
+}

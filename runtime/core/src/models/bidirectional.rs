@@ -270,6 +270,14 @@ pub struct Trunk {
 }
 
 impl Trunk {
+    /// Bytes of keys and values one token holds across every layer, at `dtype`.
+    pub fn kv_bytes_per_token(&self, dtype: candle_core::DType) -> usize {
+        self.blocks
+            .iter()
+            .map(|b| 2 * b.attn.n_kv_heads * b.attn.head_dim * dtype.size_in_bytes())
+            .sum()
+    }
+
     /// Final hidden states `[B, T, H]`.
     pub fn hidden_states(&self, batch: &Batch) -> Result<Tensor> {
         Ok(self.run(batch, None, false)?.0)

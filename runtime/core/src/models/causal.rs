@@ -192,6 +192,12 @@ impl CausalModel {
         self.lm_head.weight().device()
     }
 
+    /// Bytes of keys and values one token holds in the cache, every layer.
+    pub fn kv_bytes_per_token(&self) -> usize {
+        let (heads, dim) = self.kv_shape();
+        2 * heads * dim * self.dtype().size_in_bytes() * self.layers.len()
+    }
+
     pub fn dtype(&self) -> DType {
         self.lm_head.weight().dtype()
     }

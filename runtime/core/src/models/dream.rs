@@ -83,4 +83,8 @@ impl DiffusionLm for Dream {
     fn dtype(&self) -> DType {
         self.lm_head.weight().dtype()
     }
+
+    fn kv_bytes_per_token(&self) -> usize {
+        self.trunk.kv_bytes_per_token(self.dtype())
+    }
 }

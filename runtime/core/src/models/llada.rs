@@ -279,6 +279,10 @@ impl DiffusionLm for Llada {
     fn dtype(&self) -> DType {
         self.lm_head.weight().dtype()
     }
+
+    fn kv_bytes_per_token(&self) -> usize {
+        self.trunk.kv_bytes_per_token(self.dtype())
+    }
 }
 
 #[cfg(test)]

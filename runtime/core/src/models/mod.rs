@@ -312,6 +312,9 @@ pub trait DiffusionLm: Send + Sync {
     fn device(&self) -> &Device;
 
     fn dtype(&self) -> DType;
+
+    /// Bytes of keys and values one token of a cached sequence holds, every layer.
+    fn kv_bytes_per_token(&self) -> usize;
 }
 
 /// The network of a loaded model: which kind decides how the engine decodes it.
@@ -353,6 +356,15 @@ impl Network {
         match self {
             Self::Diffusion(m) => m.max_context(),
             Self::Causal(m) => m.max_context(),
+        }
+    }
+
+    /// Bytes of keys and values one token holds, every layer: what a sequence's cache
+    /// costs per token of its length.
+    pub fn kv_bytes_per_token(&self) -> usize {
+        match self {
+            Self::Diffusion(m) => m.kv_bytes_per_token(),
+            Self::Causal(m) => m.kv_bytes_per_token(),
         }
     }
 }

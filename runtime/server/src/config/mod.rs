@@ -321,8 +321,34 @@ pub struct ServerLayer {
     )]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub breaker_recovery_seconds: Option<u64>,
-    /// TEST ONLY: make chosen forward passes fail (`oom@3,error@5-9`). Hidden from
-    /// --help and never read from runtime.toml.
+    /// Fraction of the GPU's memory this process may use, KV caches included (vLLM's
+    /// name): what loading leaves of it bounds the running sequences' caches.
+    #[arg(
+        id = "server.gpu_memory_utilization",
+        long = "gpu-memory-utilization",
+        env = "DFASTLLM_GPU_MEMORY_UTILIZATION"
+    )]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gpu_memory_utilization: Option<f64>,
+    /// GPU memory ratio above which admissions are logged and counted.
+    #[arg(
+        id = "server.gpu_memory_warn",
+        long = "gpu-memory-warn",
+        env = "DFASTLLM_GPU_MEMORY_WARN"
+    )]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gpu_memory_warn: Option<f64>,
+    /// GPU memory ratio above which requests are refused with 503.
+    #[arg(
+        id = "server.gpu_memory_critical",
+        long = "gpu-memory-critical",
+        env = "DFASTLLM_GPU_MEMORY_CRITICAL"
+    )]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gpu_memory_critical: Option<f64>,
+    /// TEST ONLY: make chosen forward passes fail (`oom@3,error@5-9`), or fix the GPU
+    /// memory reading (`gpu_memory=USED/TOTAL`). Hidden from --help and never read from
+    /// runtime.toml.
     #[arg(
         id = "server.inject_faults",
         long = "inject-faults",
@@ -577,6 +603,9 @@ pub fn defaults() -> ConfigLayer {
             tool_call_parser: Some(ToolParserChoice::Auto),
             breaker_failure_threshold: Some(5),
             breaker_recovery_seconds: Some(30),
+            gpu_memory_utilization: Some(0.90),
+            gpu_memory_warn: Some(0.85),
+            gpu_memory_critical: Some(0.95),
             inject_faults: None,
             max_body_bytes: Some(1 << 20),
             api_keys: None,

@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 
 use dfastllm_core::decoding::{CommitRule, DecodeError, DiffusionParams, Mor, Remasking};
 use dfastllm_core::device::DeviceChoice;
+use dfastllm_core::engine::MemoryGuardConfig;
 use dfastllm_core::models::{Architecture, DTypeChoice};
 
 use super::layered::{merge, ConfigError, FlagOrigins, Layered};
@@ -218,6 +219,8 @@ pub struct RuntimeConfig {
     pub tool_call_parser: ToolParserChoice,
     pub breaker_failure_threshold: u32,
     pub breaker_recovery_seconds: u64,
+    /// The GPU memory guard's levels and the cache budget's utilisation.
+    pub memory_guard: MemoryGuardConfig,
     /// Test only (`--inject-faults`); empty in service.
     pub inject_faults: FaultPlan,
     pub max_body_bytes: usize,
@@ -284,6 +287,11 @@ impl RuntimeConfig {
             tool_call_parser: s.tool_call_parser.unwrap_or_default(),
             breaker_failure_threshold: s.breaker_failure_threshold.unwrap_or_default(),
             breaker_recovery_seconds: s.breaker_recovery_seconds.unwrap_or_default(),
+            memory_guard: MemoryGuardConfig {
+                warn: s.gpu_memory_warn.unwrap_or_default(),
+                critical: s.gpu_memory_critical.unwrap_or_default(),
+                utilization: s.gpu_memory_utilization.unwrap_or_default(),
+            },
             inject_faults: l.inject_faults.clone().unwrap_or_default(),
             max_body_bytes: s.max_body_bytes.unwrap_or_default(),
             api_keys,
@@ -311,6 +319,25 @@ impl RuntimeConfig {
         )?;
         if let Some(len) = cfg.max_model_len {
             at_least_one("model.max_model_len", len as u64)?;
+        }
+        let g = cfg.memory_guard;
+        for (key, v) in [
+            ("server.gpu_memory_utilization", g.utilization),
+            ("server.gpu_memory_warn", g.warn),
+            ("server.gpu_memory_critical", g.critical),
+        ] {
+            if !(v > 0.0 && v <= 1.0) {
+                return Err(l.invalid(key, format!("must be in (0, 1], got {v}")));
+            }
+        }
+        if g.warn > g.critical {
+            return Err(l.invalid(
+                "server.gpu_memory_warn",
+                format!(
+                    "must not exceed server.gpu_memory_critical ({})",
+                    g.critical
+                ),
+            ));
         }
         Ok(cfg)
     }

@@ -244,6 +244,28 @@ fn the_verifier_needs_its_model_and_excludes_caches_and_mor() {
     }
 }
 
+#[test]
+fn gpu_memory_levels_are_ratios_and_warn_is_below_critical() {
+    let cfg = resolve(&["--gpu-memory-utilization", "0.8"], "").unwrap();
+    assert_eq!(cfg.memory_guard.utilization, 0.8);
+    assert_eq!(
+        (cfg.memory_guard.warn, cfg.memory_guard.critical),
+        (0.85, 0.95)
+    );
+    let cases: [(&[&str], &str); 3] = [
+        (
+            &["--gpu-memory-utilization", "1.5"],
+            "--gpu-memory-utilization:",
+        ),
+        (&["--gpu-memory-critical", "0"], "--gpu-memory-critical:"),
+        (&["--gpu-memory-warn", "0.97"], "--gpu-memory-warn:"),
+    ];
+    for (flags, starts) in cases {
+        let err = resolve(flags, "").unwrap_err().to_string();
+        assert!(err.starts_with(starts), "{flags:?}: {err}");
+    }
+}
+
 /// Precedence bug 2: `--mor` replaced the file's recursion counts with the flag
 /// defaults, and nothing on the flag side could turn a file's MoR off.
 #[test]

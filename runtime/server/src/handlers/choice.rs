@@ -226,6 +226,7 @@ pub fn submit(state: &AppState, job: Job, stream: bool) -> Result<Vec<Running>, 
             // Rounded up: a client retrying at the hint finds the window over.
             retry_after_seconds: retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0),
         },
+        SubmitError::MemoryCritical { used_percent } => ApiError::MemoryFull { used_percent },
     })?;
     Ok(running)
 }

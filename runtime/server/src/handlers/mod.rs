@@ -446,6 +446,7 @@ pub async fn metrics(State(state): State<AppState>, headers: axum::http::HeaderM
         .metrics
         .requests_waiting
         .set(state.engine.waiting() as i64);
+    state.engine.memory().publish(&state.metrics);
     (
         [(
             header::CONTENT_TYPE,
