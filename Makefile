@@ -8,7 +8,7 @@ DEMO_DIR ?= target/demo/llada
 MODEL_DIR ?= models/dfastllm-tiny-llada
 EVAL_DATA ?= models/eval/tasks-heldout.jsonl
 
-.PHONY: serve eval train-tiny eval-reference demo test prefetch test-cpu after-cpu cuda-low-priority sdk manifests e2e crds cuda lint parity-fixtures bench-forward bench-serve bench-ar
+.PHONY: serve eval train-tiny eval-reference demo test prefetch test-cpu after-cpu cuda-low-priority sdk gpu-check-cpu manifests e2e crds cuda lint parity-fixtures bench-forward bench-serve bench-ar
 
 serve:
 	$(CARGO) build --release -p dfastllm-runtime --bin dfastllm
@@ -48,7 +48,14 @@ test: prefetch
 	$(MAKE) -j2 --output-sync=recurse cuda-low-priority after-cpu
 
 after-cpu:
-	$(MAKE) -j1 sdk manifests e2e
+	$(MAKE) -j1 sdk gpu-check-cpu manifests e2e
+
+# scripts/gpu/check.sh (parity against the CPU, every decoding mode, serve + bench
+# serve, the roofline) at tiny shapes on the CPU, so the device machine's script cannot
+# rot; on a GPU: `scripts/gpu/check.sh` over the CUDA binary (docs/benchmarks.md).
+gpu-check-cpu:
+	$(CARGO) test --workspace --no-run --quiet
+	DEVICE=cpu DFASTLLM_BIN=target/debug/dfastllm scripts/gpu/check.sh
 
 cuda-low-priority:
 	nice -n 10 scripts/cuda/build.sh

@@ -461,6 +461,56 @@ fn eval_runs_the_apd_verifier_with_the_bundled_autoregressive_model() {
 }
 
 #[test]
+fn generate_runs_the_apd_verifier_and_names_what_it_needs() {
+    let (model, ar) = (
+        bundled("models/dfastllm-tiny-llada"),
+        bundled("models/dfastllm-tiny-ar"),
+    );
+    let base = [
+        "generate",
+        "--model",
+        &model,
+        "--prompt",
+        "sort 9081726=",
+        "--max-tokens",
+        "32",
+    ];
+    let o = dfastllm(
+        &[
+            &base[..],
+            &[
+                "--block-length",
+                "8",
+                "--apd",
+                "verifier",
+                "--apd-verifier-model",
+                &ar,
+                "--json",
+            ],
+        ]
+        .concat(),
+    );
+    assert!(o.status.success(), "{}", stderr_line(&o));
+    let out: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(out["text"], "0126789");
+    assert!(out["forward_passes"].as_u64().unwrap() < 8, "{out}");
+    let missing = dfastllm(&[&base[..], &["--apd", "verifier"]].concat());
+    assert!(!missing.status.success());
+    assert!(
+        stderr_line(&missing).contains("--apd-verifier-model"),
+        "{}",
+        stderr_line(&missing)
+    );
+    let diffusion = dfastllm(&[&base[..], &["--apd-verifier-model", &model]].concat());
+    assert!(!diffusion.status.success());
+    assert!(
+        stderr_line(&diffusion).starts_with("error: --apd-verifier-model"),
+        "{}",
+        stderr_line(&diffusion)
+    );
+}
+
+#[test]
 fn generate_refuses_what_the_api_refuses() {
     let tmp = tempfile::tempdir().unwrap();
     demo(tmp.path(), "llada", &[]);

@@ -8,8 +8,11 @@ use std::time::Instant;
 use candle_core::Device;
 use serde::Serialize;
 
-use crate::decoding::{run_to_end, DecodeError, FinishReason, SamplingParams, Sequence};
-use crate::models::{self, DTypeChoice, LoadedModel, ModelError};
+use crate::decoding::{
+    run_to_end, DecodeError, FinishReason, SamplingParams, Sequence, WithVerifier,
+};
+use crate::models::causal::CausalModel;
+use crate::models::{self, DTypeChoice, LoadedModel, ModelError, ModelKind};
 use crate::tokenizer::{ChatMessage, TextTokenizer, TokenizerError};
 
 #[derive(Debug, thiserror::Error)]
@@ -87,6 +90,47 @@ impl Generator {
         prompt: &Prompt,
         params: &SamplingParams,
     ) -> Result<GenerationOutput, GenerationError> {
+        self.generate_with(prompt, params, None)
+    }
+
+    /// Loads APD's verifier for this (diffusion) model: an autoregressive checkpoint
+    /// whose tokenizer reads the model's ids as the same text (either vocabulary may add
+    /// tokens of its own at the end).
+    pub fn load_verifier(
+        &self,
+        dir: &Path,
+        device: &Device,
+    ) -> Result<CausalModel, GenerationError> {
+        let invalid = |message: String| {
+            GenerationError::Model(ModelError::InvalidFile {
+                path: dir.join("config.json"),
+                message,
+            })
+        };
+        if self.model.network.kind() != ModelKind::Diffusion {
+            return Err(invalid(format!(
+                "the verifier runs beside a diffusion model, and {} is autoregressive",
+                self.model.architecture
+            )));
+        }
+        let verifier = models::load_causal(dir, device, self.model.dtype)?;
+        let tokenizer = TextTokenizer::load(dir)?;
+        if let Some((id, ours, theirs)) = self.tokenizer.first_different_token(&tokenizer) {
+            return Err(invalid(format!(
+                "its tokenizer is not the model's: token {id} is {theirs:?} there and {ours:?} in the model's"
+            )));
+        }
+        Ok(verifier)
+    }
+
+    /// [`Self::generate`], with APD's verifier beside the model when given (needed by
+    /// `apd.mode verifier`).
+    pub fn generate_with(
+        &self,
+        prompt: &Prompt,
+        params: &SamplingParams,
+        verifier: Option<&CausalModel>,
+    ) -> Result<GenerationOutput, GenerationError> {
         let prompt_ids = self.prompt_ids(prompt)?;
         self.check_ids(&prompt_ids)?;
         let start = Instant::now();
@@ -97,7 +141,16 @@ impl Generator {
             &self.model.special,
             self.model.network.max_context(),
         )?;
-        let answer = run_to_end(&self.model, &mut seq)?;
+        let answer = match verifier {
+            Some(verifier) => run_to_end(
+                &WithVerifier {
+                    model: &self.model,
+                    verifier,
+                },
+                &mut seq,
+            )?,
+            None => run_to_end(&self.model, &mut seq)?,
+        };
         let text = self.tokenizer.decode(&answer.token_ids)?;
         Ok(GenerationOutput {
             text,

@@ -25,8 +25,7 @@ use dfastllm_core::generation::{Generator, Prompt};
 use dfastllm_core::gpu::{GpuProbe, NvmlProbe};
 use dfastllm_core::metrics::Metrics;
 use dfastllm_core::models::causal::CausalModel;
-use dfastllm_core::models::{self, ModelKind};
-use dfastllm_core::tokenizer::TextTokenizer;
+use dfastllm_core::models::ModelKind;
 
 use crate::config::{GenerationConfigMode, RuntimeConfig};
 use crate::{serve, AppState, ModelInfo};
@@ -279,27 +278,16 @@ fn run<M: Stepper + ?Sized>(cfg: &RuntimeConfig, scheduler: Scheduler, stepper: 
     }
 }
 
-/// Loads APD's verifier beside the diffusion model in `generator`, checks that it reads
-/// the model's token ids as the same text, and warms it up with one verified answer.
+/// Loads APD's verifier beside the diffusion model in `generator` (checked by
+/// [`Generator::load_verifier`]) and warms it up with one verified answer.
 fn load_verifier(
     dir: &Path,
     generator: &Generator,
     device: &Device,
 ) -> Result<CausalModel, String> {
-    if generator.model.network.kind() != ModelKind::Diffusion {
-        return Err(format!(
-            "the verifier runs beside a diffusion model, and {} is autoregressive",
-            generator.model.architecture
-        ));
-    }
-    let verifier =
-        models::load_causal(dir, device, generator.model.dtype).map_err(|e| e.to_string())?;
-    let tokenizer = TextTokenizer::load(dir).map_err(|e| e.to_string())?;
-    if let Some((id, ours, theirs)) = generator.tokenizer.first_different_token(&tokenizer) {
-        return Err(format!(
-            "its tokenizer is not the model's: token {id} is {theirs:?} there and {ours:?} in the model's"
-        ));
-    }
+    let verifier = generator
+        .load_verifier(dir, device)
+        .map_err(|e| e.to_string())?;
     let prompt = generator
         .prompt_ids(&Prompt::Text("warm up".into()))
         .map_err(|e| e.to_string())?;

@@ -104,6 +104,62 @@ pub fn generate(
     }))
 }
 
+/// Logits `[rows, V]` (f32, on the host) of one full pass over `seq_len` fixed tokens.
+fn fixed_logits(
+    loaded: &LoadedModel,
+    device: &Device,
+    seq_len: usize,
+) -> Result<Vec<Vec<f32>>, BenchError> {
+    let row: Vec<u32> = (0..seq_len as u32).map(|i| (i * 7 + 3) % 256).collect();
+    let batch = Batch::left_padded(&[&row], loaded.special.pad_id, device, loaded.dtype)
+        .map_err(tensor("building the batch"))?;
+    let logits = match &loaded.network {
+        Network::Diffusion(m) => m.forward(&batch, None),
+        Network::Causal(m) => m.forward_full(&[&row]),
+    }
+    .and_then(|l| l.get(0)?.to_dtype(DType::F32)?.to_vec2::<f32>())
+    .map_err(tensor("forward pass"))?;
+    Ok(logits)
+}
+
+/// The same fixed input through `on_device` (any device and dtype) and through
+/// `reference` (the CPU in f32, which the parity fixtures tie to transformers): the
+/// largest absolute logit difference, the logits' scale, and how many positions' argmax
+/// agree. `dfastllm bench parity` and `scripts/gpu/check.sh` read it.
+pub fn device_parity(
+    on_device: &LoadedModel,
+    device: &Device,
+    reference: &LoadedModel,
+    seq_len: usize,
+) -> Result<Value, BenchError> {
+    let got = fixed_logits(on_device, device, seq_len)?;
+    let want = fixed_logits(reference, &Device::Cpu, seq_len)?;
+    let argmax = |row: &[f32]| {
+        row.iter()
+            .enumerate()
+            .max_by(|a, b| a.1.total_cmp(b.1))
+            .map(|(i, _)| i)
+    };
+    let (mut max_abs, mut scale, mut agree) = (0f32, 0f32, 0usize);
+    for (g, w) in got.iter().zip(&want) {
+        for (a, b) in g.iter().zip(w) {
+            max_abs = max_abs.max((a - b).abs());
+            scale = scale.max(b.abs());
+        }
+        agree += usize::from(argmax(g) == argmax(w));
+    }
+    Ok(json!({
+        "arch": on_device.architecture.name(),
+        "device": device::describe(device),
+        "dtype": format!("{:?}", on_device.dtype).to_lowercase(),
+        "positions": want.len(),
+        "max_abs_diff": max_abs,
+        "max_abs_logit": scale,
+        "argmax_agree": agree,
+        "finite": got.iter().flatten().all(|v| v.is_finite()),
+    }))
+}
+
 /// Sizes of `bench forward` (each at least 1; the CLI checks).
 #[derive(Debug, Clone, Copy)]
 pub struct ForwardBench {

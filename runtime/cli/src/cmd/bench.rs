@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::{Args, Subcommand};
+use dfastllm_core::models::DTypeChoice;
 use dfastllm_core::{device, models};
 use dfastllm_tools::bench::{self, ForwardBench, GenerateBench};
 use dfastllm_tools::loadgen::{self, LoadConfig};
@@ -22,6 +23,25 @@ pub enum BenchCommand {
     Generate(BenchGenerateArgs),
     /// Load-test a running OpenAI-compatible server across concurrency levels.
     Serve(Box<BenchServeArgs>),
+    /// Logits on --device/--dtype against the CPU in f32 on the same fixed input (the
+    /// CPU path is the one the parity fixtures tie to transformers); exits 1 past
+    /// --tolerance.
+    Parity(BenchParityArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct BenchParityArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    #[arg(long, env = "DFASTLLM_BENCH_SEQ_LEN", default_value_t = 64)]
+    seq_len: usize,
+    /// The largest absolute logit difference accepted.
+    #[arg(long, env = "DFASTLLM_BENCH_TOLERANCE", default_value_t = 1e-4)]
+    tolerance: f32,
+    /// Accept instead a difference up to this fraction of the largest reference logit
+    /// (for bf16/f16, whose error grows with the logits' scale).
+    #[arg(long, env = "DFASTLLM_BENCH_RELATIVE_TOLERANCE")]
+    relative_tolerance: Option<f32>,
 }
 
 #[derive(Args, Debug)]
@@ -131,7 +151,33 @@ pub fn run(command: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Forward(args) => forward(args),
         BenchCommand::Generate(args) => generate(args),
         BenchCommand::Serve(args) => serve(*args),
+        BenchCommand::Parity(args) => parity(args),
     }
+}
+
+fn parity(args: BenchParityArgs) -> anyhow::Result<()> {
+    if args.seq_len == 0 {
+        bail!("--seq-len must be at least 1");
+    }
+    if !(args.tolerance >= 0.0) || args.relative_tolerance.is_some_and(|r| !(r >= 0.0)) {
+        bail!("--tolerance and --relative-tolerance must be numbers of at least 0");
+    }
+    let device = device::select(args.model.device)?;
+    let on_device = models::load(&args.model.dir, &device, args.model.dtype)?;
+    let cpu = device::select(device::DeviceChoice::Cpu)?;
+    let reference = models::load(&args.model.dir, &cpu, DTypeChoice::F32)?;
+    let report = bench::device_parity(&on_device, &device, &reference, args.seq_len)?;
+    println!("{report}");
+    let diff = report["max_abs_diff"].as_f64().unwrap_or(f64::INFINITY);
+    let scale = report["max_abs_logit"].as_f64().unwrap_or(0.0);
+    let (limit, flag) = match args.relative_tolerance {
+        Some(r) => (f64::from(r) * scale, "--relative-tolerance"),
+        None => (f64::from(args.tolerance), "--tolerance"),
+    };
+    if report["finite"] != true || diff > limit {
+        bail!("logits differ by {diff} (more than {limit} allowed by {flag}) or are not finite");
+    }
+    Ok(())
 }
 
 fn generate(args: BenchGenerateArgs) -> anyhow::Result<()> {

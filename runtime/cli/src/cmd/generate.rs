@@ -102,7 +102,15 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
         }
         Err(e) => return Err(e.into()),
     };
-    let output = match generator.generate(&prompt, &params) {
+    let verifier = match &args.decoding.apd.verifier_model {
+        Some(dir) => Some(
+            generator
+                .load_verifier(dir, &device)
+                .map_err(|e| anyhow!("--apd-verifier-model {}: {e}", dir.display()))?,
+        ),
+        None => None,
+    };
+    let output = match generator.generate_with(&prompt, &params, verifier.as_ref()) {
         Err(GenerationError::Decode(DecodeError::InvalidParam { param, message })) => {
             bail!("{}: {message}", flag_of(param))
         }
