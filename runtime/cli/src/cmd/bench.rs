@@ -159,7 +159,8 @@ fn parity(args: BenchParityArgs) -> anyhow::Result<()> {
     if args.seq_len == 0 {
         bail!("--seq-len must be at least 1");
     }
-    if !(args.tolerance >= 0.0) || args.relative_tolerance.is_some_and(|r| !(r >= 0.0)) {
+    let usable = |t: f32| t.is_finite() && t >= 0.0;
+    if !usable(args.tolerance) || args.relative_tolerance.is_some_and(|r| !usable(r)) {
         bail!("--tolerance and --relative-tolerance must be numbers of at least 0");
     }
     let device = device::select(args.model.device)?;
