@@ -164,8 +164,9 @@ impl AccessMode {
 /// A probability as a decimal string ("0.9"): strings survive GitOps diffs unchanged.
 const UNIT_INTERVAL: &str = r"^(0(\.[0-9]+)?|1(\.0+)?)$";
 
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!has(self.memoryUtilization) || (double(self.memoryUtilization) > 0.0 && double(self.memoryUtilization) < 0.95)").message("gpu.memoryUtilization must be above 0 and below 0.95 (the runtime refuses requests above 95% GPU memory)"))]
 pub struct GpuSpec {
     /// GPUs per replica; 0 runs on CPU.
     #[serde(default = "default_gpu_count")]
@@ -175,7 +176,8 @@ pub struct GpuSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub product: Option<String>,
     /// Share of GPU memory the runtime may fill, KV caches included (vLLM's
-    /// `--gpu-memory-utilization`), a decimal string; default 0.9.
+    /// `--gpu-memory-utilization`), a decimal string above 0 and below 0.95 (where the
+    /// runtime refuses requests); default 0.9.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = UNIT_INTERVAL))]
     pub memory_utilization: Option<String>,

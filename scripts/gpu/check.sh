@@ -85,7 +85,7 @@ for model in "${PARITY_MODELS[@]}"; do
         if [[ $dtype == f32 ]]; then tol=(--tolerance 1e-4); else tol=(--relative-tolerance 0.05); fi
         out=$("$BIN" bench parity --model "$model" --device "$DEVICE" --dtype "$dtype" "${tol[@]}" 2>&1) \
             || fail "parity of $(basename "$model") in $dtype: $out"
-        line=$(grep '^{' <<<"$out")
+        line=$(grep '^{' <<<"$out") || fail "parity of $(basename "$model") in $dtype printed no report: $out"
         note "| $(basename "$model") | $dtype | $(field "$line" max_abs_diff) | $(field "$line" max_abs_logit) | $(field "$line" argmax_agree)/$(field "$line" positions) |"
     done
 done
@@ -133,8 +133,11 @@ serve_and_bench() {
     cat "$WORK/bench-$name.md" >>"$SUMMARY"
     curl -sf "http://$addr/metrics" >"$RESULTS/metrics-$name.txt" || fail "/metrics of $name"
     if [[ $DEVICE != cpu ]]; then
-        for m in gpu_utilization_ratio gpu_temperature_celsius gpu_power_watts gpu_memory_used_bytes kv_cache_budget_bytes; do
-            grep -q "^dfastllm_$m " "$RESULTS/metrics-$name.txt" || fail "/metrics of $name lacks dfastllm_$m"
+        # Every gauge is printed (0 without NVML): NVML answered when the board has memory.
+        grep -q '"GPU memory guard on"' "$logfile" || fail "serve $name: the memory guard is off: $(grep 'memory guard' "$logfile")"
+        for m in gpu_memory_total_bytes gpu_power_watts kv_cache_budget_bytes; do
+            awk -v m="dfastllm_$m" '$1 == m && $2 > 0 { found = 1 } END { exit !found }' \
+                "$RESULTS/metrics-$name.txt" || fail "/metrics of $name: dfastllm_$m is not above 0"
         done
         note "NVML metrics present: $(grep -E '^dfastllm_(gpu_[a-z_]+|kv_cache_budget_bytes) ' "$RESULTS/metrics-$name.txt" | tr '\n' ' ')"
     fi
@@ -156,10 +159,11 @@ esac
 note "| model | weight bytes | forward p50 ms | roofline ms | roofline / measured |"
 note "|---|---|---|---|---|"
 for name in tinyllama llada8b; do
-    bytes=$(cat "$WORK/$name"/*.safetensors | wc -c)
+    bytes=$(stat -c %s "$WORK/$name"/*.safetensors | awk '{ s += $1 } END { print s }')
     out=$("$BIN" bench forward --model "$WORK/$name" --device "$DEVICE" --seq-len 128 --iters 5 2>/dev/null) \
         || fail "bench forward $name"
-    ms=$(field "$(grep '^{' <<<"$out")" ms_p50)
+    ms=$(field "$(grep '^{' <<<"$out" || true)" ms_p50)
+    [[ -n $ms ]] || fail "bench forward $name printed no ms_p50: $out"
     if [[ -n $bandwidth ]]; then
         roof=$(awk -v b="$bytes" -v bw="$bandwidth" 'BEGIN { printf "%.3f", b / bw * 1000 }')
         ratio=$(awk -v r="$roof" -v m="$ms" 'BEGIN { printf "%.2f", r / m }')

@@ -10,7 +10,7 @@ use crate::helpers::dm_api;
 #[ignore = "needs a control plane: make e2e"]
 async fn api_server_rejects_invalid_specs_naming_the_field() {
     let ns = namespace("e2e-invalid");
-    let cases: [(&str, Value, &str); 11] = [
+    let cases: [(&str, Value, &str); 12] = [
         ("gpu-count", json!({"gpu": {"count": 99}}), "spec.gpu.count"),
         (
             "remasking",
@@ -32,6 +32,11 @@ async fn api_server_rejects_invalid_specs_naming_the_field() {
             "utilization",
             json!({"gpu": {"memoryUtilization": "1.5"}}),
             "spec.gpu.memoryUtilization",
+        ),
+        (
+            "utilization-zero",
+            json!({"gpu": {"memoryUtilization": "0"}}),
+            "gpu.memoryUtilization must be above 0 and below 0.95",
         ),
         (
             "recursions",

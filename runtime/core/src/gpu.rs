@@ -81,8 +81,9 @@ impl GpuProbe for NvmlProbe {
     }
 }
 
-/// A reading that never changes: what the test-only `--inject-gpu-memory USED/TOTAL`
-/// serves, so the guard and the cache budget are tested without a GPU.
+/// A reading that never changes: what the test-only `--inject-faults
+/// gpu_memory=USED/TOTAL` serves, so the guard and the cache budget are tested without
+/// a GPU.
 #[derive(Debug, Clone, Copy)]
 pub struct FixedProbe(pub GpuReading);
 

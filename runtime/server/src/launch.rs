@@ -230,10 +230,12 @@ fn load_and_schedule(
     state.set_ready(ModelInfo {
         tokenizer,
         special: model.special.clone(),
+        // A verifier with a shorter context would fail mid-answer: it bounds prompts too.
         max_context: cfg
             .max_model_len
             .unwrap_or(usize::MAX)
-            .min(model.network.max_context()),
+            .min(model.network.max_context())
+            .min(verifier.as_ref().map_or(usize::MAX, |v| v.max_context())),
         architecture: model.architecture,
         device: device.clone(),
         sampling_defaults,
@@ -273,7 +275,7 @@ fn run<M: Stepper + ?Sized>(cfg: &RuntimeConfig, scheduler: Scheduler, stepper: 
     if cfg.inject_faults.is_empty() {
         scheduler.run(stepper);
     } else {
-        tracing::warn!(plan = ?cfg.inject_faults, "TEST ONLY: forward passes will fail as --inject-faults says");
+        tracing::warn!(plan = ?cfg.inject_faults, "TEST ONLY: --inject-faults fails forward passes or fixes the GPU reading");
         scheduler.run(&FaultInjector::new(stepper, cfg.inject_faults.clone()));
     }
 }

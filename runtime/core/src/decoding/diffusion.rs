@@ -396,8 +396,15 @@ impl DiffusionSequence {
 
     /// Answer tokens that can no longer change: those before the first masked position,
     /// up to (not including) the first end-of-sequence token. Streaming sends these.
+    /// With MoR on, a recursion may still re-mask any position of the current block, so
+    /// nothing from the current block on is settled until the block is done.
     pub fn settled_answer(&self) -> Vec<u32> {
-        self.tokens[self.prompt_len..]
+        let end = if self.params.mor.is_some() && !self.finished {
+            self.block_range().start
+        } else {
+            self.tokens.len()
+        };
+        self.tokens[self.prompt_len..end]
             .iter()
             .copied()
             .take_while(|&t| t != self.mask_id && !self.eos_ids.contains(&t))
@@ -751,6 +758,36 @@ mod tests {
                 ..
             }
         ));
+    }
+
+    #[test]
+    fn with_mor_a_block_settles_only_when_no_recursion_can_remask_it() {
+        let mor = Mor {
+            min_recursions: 0,
+            max_recursions: 2,
+            confidence_threshold: 0.7,
+        };
+        let mut s = apd_seq(8, 4, THRESHOLD, Some(mor));
+        // Two confident tokens at the block's start: without MoR they would be settled.
+        s.commit_proposals(&proposals(&[10, 11, 12, 13], &[0.95, 0.95, 0.5, 0.5]));
+        assert!(
+            s.settled_answer().is_empty(),
+            "a recursion may still re-mask them"
+        );
+        s.commit_proposals(&proposals(&[0, 0, 12, 13], &[0.0, 0.0, 0.95, 0.95]));
+        assert_eq!(
+            s.block_range(),
+            6..10,
+            "confident: no recursion, the next block"
+        );
+        assert_eq!(s.settled_answer(), vec![10, 11, 12, 13]);
+        let mut plain = apd_seq(8, 4, THRESHOLD, None);
+        plain.commit_proposals(&proposals(&[10, 11, 12, 13], &[0.95, 0.95, 0.5, 0.5]));
+        assert_eq!(
+            plain.settled_answer(),
+            vec![10, 11],
+            "without MoR they are final"
+        );
     }
 
     #[test]

@@ -121,14 +121,16 @@ impl EngineHandle {
     /// whole, before any of its answers starts.
     pub fn submit_all(&self, submissions: Vec<Submission>) -> Result<(), SubmitError> {
         let enqueued = Instant::now();
-        self.breaker
-            .admit(enqueued, &self.metrics)
-            .map_err(|retry_after| SubmitError::BreakerOpen { retry_after })?;
+        // Memory first: a request refused for memory must not use up the breaker's
+        // half-open probe.
         self.memory
             .admit(&self.metrics)
             .map_err(|c| SubmitError::MemoryCritical {
                 used_percent: (c.ratio * 100.0).round() as u32,
             })?;
+        self.breaker
+            .admit(enqueued, &self.metrics)
+            .map_err(|retry_after| SubmitError::BreakerOpen { retry_after })?;
         let items = submissions
             .into_iter()
             .map(|submission| Queued {
@@ -225,6 +227,23 @@ fn retain_active(
     if flags.iter().any(|k| !k) {
         state.retain(&flags);
     }
+}
+
+/// What `seqs` reserve of the KV budget. Diffusion caches are one per sequence, of its
+/// length. The autoregressive cache is one grid of slots x the longest sequence, whose
+/// length grows by doubling: its sequences reserve twice the longest each.
+fn reserved_bytes<'a>(seqs: impl Iterator<Item = &'a Sequence>, budget: KvBudget) -> u64 {
+    let (mut diffusion, mut causal, mut longest) = (0u64, 0u64, 0usize);
+    for seq in seqs {
+        match seq {
+            Sequence::Diffusion(_) => diffusion += budget.bytes_for(seq.max_len()),
+            Sequence::Autoregressive(_) => {
+                causal += 1;
+                longest = longest.max(seq.max_len());
+            }
+        }
+    }
+    diffusion + causal * budget.bytes_for(2 * longest)
 }
 
 /// Successful passes at a lowered batch limit before it doubles back towards
@@ -325,24 +344,31 @@ impl Scheduler {
         let Some(budget) = self.memory.budget() else {
             return true;
         };
-        let reserved = self.reserved(active, budget);
-        active.is_empty() || reserved + budget.bytes_for(seq.max_len()) <= budget.bytes
+        let with_it = reserved_bytes(
+            active
+                .iter()
+                .map(|a| &a.submission.sequence)
+                .chain(std::iter::once(seq)),
+            budget,
+        );
+        active.is_empty() || with_it <= budget.bytes
     }
 
     fn reserved(&self, active: &[Active], budget: KvBudget) -> u64 {
-        active
-            .iter()
-            .map(|a| budget.bytes_for(a.submission.sequence.max_len()))
-            .sum()
+        reserved_bytes(active.iter().map(|a| &a.submission.sequence), budget)
     }
 
     /// `dfastllm_kv_cache_usage_ratio`: what the running sequences reserve of the budget.
     fn publish_kv_usage(&self, active: &[Active]) {
         if let Some(budget) = self.memory.budget() {
             let reserved = self.reserved(active, budget) as f64;
-            self.metrics
-                .kv_cache_usage_ratio
-                .set(reserved / (budget.bytes.max(1) as f64));
+            let ratio = match budget.bytes {
+                // Nothing was left after loading: one sequence runs, and it is over.
+                0 if reserved > 0.0 => 1.0,
+                0 => 0.0,
+                b => reserved / b as f64,
+            };
+            self.metrics.kv_cache_usage_ratio.set(ratio);
         }
     }
 

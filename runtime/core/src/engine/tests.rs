@@ -473,9 +473,10 @@ fn guarded(reading: &str, bytes_per_token: u64) -> (EngineHandle, Scheduler, Arc
 
 #[test]
 fn the_kv_budget_keeps_sequences_waiting_rather_than_overcommitting() {
-    // 0.9 x 1000 bytes with nothing used: 900 bytes; a sequence of 2 + 4 tokens at 75
-    // bytes a token reserves 450, so two run at once although four places are free.
-    let (handle, scheduler, metrics) = guarded("0/1000", 75);
+    // 0.9 x 1000 bytes with nothing used: 900 bytes; an autoregressive sequence of 2 + 4
+    // tokens at 37 bytes a token reserves twice its length in the causal grid, 444, so
+    // two run at once although four places are free.
+    let (handle, scheduler, metrics) = guarded("0/1000", 37);
     assert_eq!(handle.memory().budget().unwrap().bytes, 900);
     let mut rxs = Vec::new();
     for _ in 0..3 {

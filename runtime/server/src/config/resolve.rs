@@ -330,6 +330,15 @@ impl RuntimeConfig {
                 return Err(l.invalid(key, format!("must be in (0, 1], got {v}")));
             }
         }
+        if g.utilization >= g.critical {
+            return Err(l.invalid(
+                "server.gpu_memory_utilization",
+                format!(
+                    "must be below server.gpu_memory_critical ({}): caches filling the GPU to the level where requests are refused would refuse them all (raise --gpu-memory-critical too)",
+                    g.critical
+                ),
+            ));
+        }
         if g.warn > g.critical {
             return Err(l.invalid(
                 "server.gpu_memory_warn",

@@ -252,9 +252,23 @@ fn gpu_memory_levels_are_ratios_and_warn_is_below_critical() {
         (cfg.memory_guard.warn, cfg.memory_guard.critical),
         (0.85, 0.95)
     );
-    let cases: [(&[&str], &str); 3] = [
+    let ok = resolve(
+        &[
+            "--gpu-memory-utilization",
+            "0.95",
+            "--gpu-memory-critical",
+            "0.98",
+        ],
+        "",
+    );
+    assert!(ok.is_ok(), "a higher budget with a higher refusal level");
+    let cases: [(&[&str], &str); 4] = [
         (
             &["--gpu-memory-utilization", "1.5"],
+            "--gpu-memory-utilization:",
+        ),
+        (
+            &["--gpu-memory-utilization", "0.95"],
             "--gpu-memory-utilization:",
         ),
         (&["--gpu-memory-critical", "0"], "--gpu-memory-critical:"),
