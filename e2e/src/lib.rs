@@ -179,7 +179,8 @@ pub struct Operator {
 }
 
 impl Operator {
-    /// Starts an operator watching namespace `ns`; `extra` are more `run` flags.
+    /// Starts an operator watching namespace `ns`; `extra` are more `run` flags. An
+    /// empty `identity` passes no `--identity` (and no `HOSTNAME`): the default's test.
     pub fn start(ns: &str, identity: &str, extra: &[&str]) -> Self {
         let setup = setup();
         let bin = std::env::var_os("DFASTLLM_E2E_OPERATOR_BIN")
@@ -188,12 +189,22 @@ impl Operator {
         let metrics: SocketAddr = format!("127.0.0.1:{}", free_port())
             .parse()
             .expect("a socket address");
-        let log = run_dir().join(format!("logs/operator-{ns}-{identity}.log"));
+        let name = if identity.is_empty() {
+            "default-identity"
+        } else {
+            identity
+        };
+        let log = run_dir().join(format!("logs/operator-{ns}-{name}-{}.log", free_port()));
         let file = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(&log)
             .expect("creating the operator's log");
+        let identity_flag: &[&str] = if identity.is_empty() {
+            &[]
+        } else {
+            &["--identity", identity]
+        };
         let child = Command::new(&bin)
             .args([
                 "run",
@@ -201,8 +212,9 @@ impl Operator {
                 ns,
                 "--metrics-bind-address",
                 &metrics.to_string(),
-                "--identity",
-                identity,
+            ])
+            .args(identity_flag)
+            .args([
                 "--runtime-image",
                 "registry.invalid/dfastllm-runtime:e2e-cuda",
                 "--runtime-cpu-image",
@@ -210,6 +222,8 @@ impl Operator {
             ])
             .args(extra)
             .env("KUBECONFIG", &setup.operator_kubeconfig)
+            .env_remove("HOSTNAME")
+            .env_remove("DFASTLLM_OPERATOR_IDENTITY")
             .env("DFASTLLM_LOG", "info,kube=warn")
             .stdin(Stdio::null())
             .stdout(file.try_clone().expect("log handle"))

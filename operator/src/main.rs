@@ -63,9 +63,21 @@ struct RunArgs {
     /// Namespace of the Lease [default: the pod's namespace].
     #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
     lease_namespace: String,
-    /// This replica's identity in the Lease [default: the pod name].
-    #[arg(long, env = "HOSTNAME", default_value = "dfastllm-operator")]
-    identity: String,
+    /// This replica's identity in the Lease [default: the kernel's host name (in a pod,
+    /// the pod's name) and the process id, unique per process].
+    #[arg(long, env = "DFASTLLM_OPERATOR_IDENTITY")]
+    identity: Option<String>,
+}
+
+/// The Lease identity of a process that was given none: the host name (the pod's name
+/// in a pod) and the process id, so two replicas on one host never share one. The host
+/// name comes from the kernel, not `HOSTNAME`, which shells set but do not export.
+fn default_identity(hostname: Option<&str>, pid: u32) -> String {
+    let host = hostname
+        .map(str::trim)
+        .filter(|h| !h.is_empty())
+        .unwrap_or("dfastllm-operator");
+    format!("{host}-{pid}")
 }
 
 async fn shutdown_signal() {
@@ -117,17 +129,21 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         );
     tokio::spawn(async move { axum::serve(listener, probes).await });
 
+    let identity = args.identity.clone().unwrap_or_else(|| {
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname").ok();
+        default_identity(host.as_deref(), std::process::id())
+    });
     let election = args.leader_election.then(|| {
         Arc::new(LeaderElection::new(
             client.clone(),
             &args.lease_namespace,
             &args.lease_name,
-            &args.identity,
+            &identity,
             Duration::from_secs(15),
         ))
     });
     if let Some(e) = &election {
-        tracing::info!(lease = %args.lease_name, identity = %args.identity, "waiting for leadership");
+        tracing::info!(lease = %args.lease_name, %identity, "waiting for leadership");
         tokio::select! {
             () = e.acquire() => {},
             () = shutdown_signal() => return Ok(()),
@@ -208,5 +224,22 @@ fn main() -> ExitCode {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::default_identity;
+
+    #[test]
+    fn the_default_identity_is_unique_per_process() {
+        assert_eq!(default_identity(Some("op-7f9c\n"), 42), "op-7f9c-42");
+        assert_ne!(
+            default_identity(Some("laptop"), 1),
+            default_identity(Some("laptop"), 2),
+            "two replicas on one host"
+        );
+        assert_eq!(default_identity(None, 3), "dfastllm-operator-3");
+        assert_eq!(default_identity(Some("  "), 3), "dfastllm-operator-3");
     }
 }

@@ -118,6 +118,41 @@ async fn killed_operator_restarts_and_converges_without_duplicates() {
     );
 }
 
+/// Issue 16, reproduction 8: with `--leader-election` and no `--identity` outside a pod,
+/// both replicas led (both defaulted to one identity).
+#[tokio::test]
+#[ignore = "needs a control plane: make e2e"]
+async fn replicas_without_an_identity_still_elect_one_leader() {
+    let ns = namespace("e2e-noidentity");
+    let election = [
+        "--leader-election",
+        "--lease-name",
+        "e2e-noidentity",
+        "--lease-namespace",
+        "dfastllm-system",
+    ];
+    let a = Operator::start(&ns, "", &election);
+    let b = Operator::start(&ns, "", &election);
+    eventually("exactly one ready replica", WAIT, || async {
+        match (a.readyz().await, b.readyz().await) {
+            (Some(200), Some(503)) | (Some(503), Some(200)) => Ok(()),
+            other => Err(format!("readyz (a, b) = {other:?}")),
+        }
+    })
+    .await;
+    let leases: Api<Lease> = Api::namespaced(client().await, "dfastllm-system");
+    let lease = leases.get("e2e-noidentity").await.expect("the lease");
+    let holder = lease
+        .spec
+        .and_then(|s| s.holder_identity)
+        .unwrap_or_default();
+    let pid = holder.rsplit('-').next().unwrap_or_default();
+    assert!(
+        pid.parse::<u32>().is_ok() && holder != "dfastllm-operator",
+        "the default identity is host name and process id: {holder:?}"
+    );
+}
+
 #[tokio::test]
 #[ignore = "needs a control plane: make e2e"]
 async fn two_replicas_elect_one_leader_and_hand_over_on_shutdown() {
