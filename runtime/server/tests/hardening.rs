@@ -232,15 +232,7 @@ async fn failing_passes_answer_503_open_the_breaker_and_it_recovers() {
         assert_eq!(body["error"]["code"], "model_failed", "{body}");
     }
     let opened = std::time::Instant::now();
-    let r = reqwest::Client::new()
-        .post(format!("{}/v1/completions", stack.base))
-        .json(&request)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status().as_u16(), 503);
-    assert_eq!(r.headers()["retry-after"], "1");
-    let body: Value = r.json().await.unwrap();
+    let body = unavailable_retry_in_1s(&stack, &request).await;
     assert_eq!(body["error"]["code"], "circuit_open", "{body}");
     let health = |stack: &Stack| {
         let url = format!("{}/health", stack.base);
@@ -289,15 +281,8 @@ async fn gpu_memory_above_critical_answers_503_and_the_gpu_is_in_metrics() {
         c.inject_faults = "gpu_memory=96000/100000".parse().unwrap();
     })
     .await;
-    let r = reqwest::Client::new()
-        .post(format!("{}/v1/completions", stack.base))
-        .json(&json!({"prompt": "x", "max_tokens": 4, "steps": 4}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status().as_u16(), 503);
-    assert_eq!(r.headers()["retry-after"], "1");
-    let body: Value = r.json().await.unwrap();
+    let body =
+        unavailable_retry_in_1s(&stack, &json!({"prompt": "x", "max_tokens": 4, "steps": 4})).await;
     assert_eq!(body["error"]["code"], "gpu_memory_full", "{body}");
     assert!(
         body["error"]["message"].as_str().unwrap().contains("96%"),
@@ -341,4 +326,17 @@ async fn gpu_memory_below_critical_serves_within_a_kv_budget() {
         0.9 * 1e8 - 1e7,
         "the utilisation's share less what loading used"
     );
+}
+
+/// Posts a completion that must be refused with 503 and `Retry-After: 1`; its body.
+async fn unavailable_retry_in_1s(stack: &Stack, request: &Value) -> Value {
+    let r = reqwest::Client::new()
+        .post(format!("{}/v1/completions", stack.base))
+        .json(request)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 503);
+    assert_eq!(r.headers()["retry-after"], "1");
+    r.json().await.unwrap()
 }
